@@ -78,7 +78,7 @@ def make_mesh(shape: Sequence[int] | None = None, axes: Sequence[str] = MESH_AXE
 @contextlib.contextmanager
 def activate(mesh: Mesh, rules=DEFAULT_RULES):
     """Make ``mesh`` and the logical rules current: models built inside are born sharded."""
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules), nnx.use_eager_sharding(True):
         yield
 
 
