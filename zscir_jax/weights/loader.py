@@ -170,6 +170,7 @@ def load_state(
     graphdef, abstract_state = nnx.split(abstract_model)
     flat_targets = {_path_str(path): leaf for path, leaf in nnx.to_flat_state(abstract_state)}
     filled: dict[str, jax.Array] = {}
+    mismatched: set[str] = set()
     problems: list[str] = []
     for name in tensors:
         if any(p.fullmatch(name) for p in ignore):
@@ -195,10 +196,11 @@ def load_state(
                 f"shape mismatch: {name!r} -> {target!r}: checkpoint gives {tuple(array.shape)}, "
                 f"model expects {tuple(abstract.shape)}"
             )
+            mismatched.add(target)
             continue
         filled[target] = _place(array, abstract)
     for target in flat_targets:
-        if target not in filled:
+        if target not in filled and target not in mismatched:
             problems.append(f"missing: model parameter {target!r} has no tensor in the checkpoint")
     if problems:
         raise WeightLoadError(source, problems)
