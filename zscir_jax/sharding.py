@@ -119,3 +119,14 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
+
+
+def global_batch(mesh: Mesh, local_batch):
+    """Turn each process's slice of the batch (a pytree of numpy arrays) into global arrays split over the data axes.
+
+    Every process passes its own ``global_batch_size // process_count`` rows; the result is one logical batch that a
+    jitted step sees whole (so contrastive negatives span all devices and hosts).
+    """
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(x)), np.asarray(x)), local_batch
+    )
