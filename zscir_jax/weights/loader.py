@@ -134,6 +134,19 @@ def _path_str(path: tuple) -> str:
     return ".".join(str(p) for p in path)
 
 
+def divisible_sharding(sharding: jax.sharding.NamedSharding, shape) -> jax.sharding.NamedSharding:
+    """``sharding`` with every dimension the mesh does not divide evenly replicated instead (e.g. a 50257 vocab)."""
+    spec = list(sharding.spec) + [None] * (len(shape) - len(sharding.spec))
+    sizes = dict(sharding.mesh.shape)
+    for dim, axes in enumerate(spec):
+        if axes is None:
+            continue
+        parts = int(np.prod([sizes[a] for a in ((axes,) if isinstance(axes, str) else axes)]))
+        if shape[dim] % parts:
+            spec[dim] = None
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*spec))
+
+
 def _place(array: Array, target: jax.ShapeDtypeStruct) -> jax.Array:
     array = np.asarray(array, dtype=target.dtype)
     sharding = getattr(target, "sharding", None)
@@ -148,6 +161,7 @@ def _place(array: Array, target: jax.ShapeDtypeStruct) -> jax.Array:
                 "`zscir_jax.sharding.activate(mesh)` block"
             )
         sharding = jax.sharding.NamedSharding(mesh, sharding.spec)
+    sharding = divisible_sharding(sharding, array.shape)
     # Each process builds only the shards it owns: correct on one host and on many.
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 

@@ -56,7 +56,7 @@ def to_hf_names(state: dict) -> dict[str, np.ndarray]:
     for name, value in state.items():
         value = np.asarray(value)
         tower, rest = ("vision_model", name[len("visual."):]) if name.startswith("visual.") else ("text_model", name)
-        block = re.fullmatch(r"transformer\.resblocks\.(\d+)\.(.+)\.(weight|bias)", rest)
+        block = re.fullmatch(r"transformer\.resblocks\.(\d+)\.(.+)[._](weight|bias)", rest)
         if block:
             layer, module, kind = block.groups()
             prefix = f"{tower}.encoder.layers.{layer}"
@@ -84,7 +84,7 @@ def to_hf_names(state: dict) -> dict[str, np.ndarray]:
         elif name == "text_projection":
             out["text_projection.weight"] = value.T
         elif name == "logit_scale":
-            out["logit_scale"] = value
+            out["logit_scale"] = value.reshape(())  # some exports store it as shape (1,)
         elif rest in ("attn_mask", "logit_bias"):
             continue  # a causal-mask buffer older checkpoints saved; SigLIP's bias is not part of CLIP
         else:
