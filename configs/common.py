@@ -1,0 +1,102 @@
+"""Shared defaults for the configs: every knob with the PVLF paper's value (TransAgg's where PVLF follows it)."""
+from __future__ import annotations
+
+import ml_collections
+
+# Parameter paths -> optimizer groups (first match wins). Fusion models hold the towers under `clip/`.
+FUSION_GROUPS = (
+    (r"clip/(text_model|text_projection)(/.*)?", "text_tower"),
+    (r"clip/.*", "image_tower"),  # vision tower, visual projection, logit scale
+    (r".*", "fusion"),
+)
+CLIP_GROUPS = (
+    (r"(text_model|text_projection)(/.*)?", "text_tower"),
+    (r".*", "image_tower"),
+)
+
+
+def base(method: str = "pvlf") -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.method = method
+    c.seed = 0
+
+    # Mesh over all devices: (data, fsdp, model); -1 absorbs the rest. rules=None uses sharding.DEFAULT_RULES.
+    c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), rules=None))
+
+    c.model = ml_collections.ConfigDict()
+    c.model.clip_path = ""  # a transformers / OpenCLIP / zscir_jax-exported CLIP; empty = random from clip_tiny
+    c.model.clip_tiny = ml_collections.ConfigDict(dict(vocab_size=1000, image_size=32, patch_size=8, width=32,
+                                                       layers=2, max_length=16, eos_token_id=2))
+    c.model.dtype = "float32"
+    c.model.param_dtype = "float32"
+    c.model.train_dropout = True
+    c.model.fusion = ml_collections.ConfigDict(dict(
+        depth=2,  # J
+        heads=8,
+        mlp_ratio=4,
+        num_prompts=25,  # p
+        prompt_mode="deep",  # "deep" | "shallow"
+        weighting="softmax",  # PVLF: softmax over (w1, w2, w3); TransAgg: "linear"
+        dropout=0.5,  # TransAgg's fusion dropout
+        combiner_ratio=4,
+    ))
+
+    c.loss = ml_collections.ConfigDict(dict(name="focal", temperature=0.01, alpha=1.0, gamma=2.0))
+
+    c.optim = ml_collections.ConfigDict(dict(
+        groups=FUSION_GROUPS,
+        lr=dict(fusion=1e-4, text_tower=1e-6, image_tower=1e-6),
+        finetune="text",  # "none" | "text" | "both" (PVLF Table 3)
+        frozen=(),
+        weight_decay=0.05,
+        b1=0.9, b2=0.999, eps=1e-8,
+        warmup_steps=0,
+        min_lr_ratio=0.0,
+        clip_norm=5.0,  # TransAgg
+        accumulate=1,
+    ))
+
+    c.train = ml_collections.ConfigDict(dict(
+        steps=1000,
+        batch_size=64,  # GLOBAL batch (split over processes and devices)
+        log_every=50,
+        checkpoint_every=500,
+        keep_checkpoints=3,
+        async_checkpoints=True,
+        eval_every=0,  # 0: evaluate at the end only
+        progress_bar=True,
+    ))
+
+    c.data = ml_collections.ConfigDict(dict(
+        source="triplets",  # "triplets" (JSONL records) | "pairs" | "random" (synthetic arrays, tests)
+        triplets="",  # JSONL of TripletRecords (Laion-CIR converted with zscir_jax.data.triplets)
+        laion_format="",  # "" (our JSONL) | "template" | "llm": convert TransAgg's files on the fly
+        image_dir="",
+        image_size=224,
+        max_length=77,
+        tokenizer="",  # directory of a word tokenizer; empty = the CLIP checkpoint's tokenizer
+        worker_count=0,
+        on_error="raise",  # "raise" | "skip"
+    ))
+
+    c.eval = ml_collections.ConfigDict(dict(
+        benchmark="",  # root of a benchmark in the official CIRR layout
+        split="val",
+        batch_size=64,
+        compare=(),  # other methods scored with the same towers, e.g. ("image_only", "text_only")
+        untrained=False,  # also score the method at its initialisation
+    ))
+    return c
+
+
+def pvlf(**overrides) -> ml_collections.ConfigDict:
+    return base("pvlf")
+
+
+def transagg() -> ml_collections.ConfigDict:
+    c = base("transagg")
+    c.model.fusion.num_prompts = 1  # the separator token
+    c.model.fusion.prompt_mode = "shallow"
+    c.model.fusion.weighting = "linear"
+    c.loss = ml_collections.ConfigDict(dict(name="info_nce", temperature=0.01, alpha=1.0, gamma=0.0))  # scale 100
+    return c

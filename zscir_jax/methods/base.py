@@ -1,0 +1,159 @@
+"""Pieces the CIR methods share: the CLIP towers (load / export), the fusion retriever, and config readers.
+
+A method module exposes the same small surface (see ``zscir_jax.methods``):
+
+    build(config, rngs) -> model
+    loss(model, batch, config, rngs=None) -> (loss, metrics)
+    encode_query(model, ref_pixels, text_ids, text_mask) -> [B, D] (L2-normalised)
+    encode_image(model, pixels) -> [B, D] (L2-normalised)
+    BATCH: "triplets" | "pairs" | None   which records it trains on (None: needs no training)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from zscir_jax.models import clip, fusion
+from zscir_jax.models.fusion import l2_normalize
+
+EXPORT_MARKER = "zscir_clip.json"  # a CLIP exported by this library (see export_towers)
+
+
+def dtypes(config):
+    names = config.model.get("dtype", "float32"), config.model.get("param_dtype", "float32")
+    return tuple(jnp.dtype(n) for n in names)
+
+
+def clip_config(config) -> clip.CLIPConfig:
+    """The towers' config for a fresh (randomly initialised) CLIP: ``config.model.clip_tiny`` keyword arguments."""
+    return clip.CLIPConfig.tiny(**dict(config.model.get("clip_tiny", {})))
+
+
+def skeleton(config):
+    """A copy of ``config`` whose ``build`` makes the same architecture without reading weights: for building an
+    abstract model (``nnx.eval_shape``) to restore a checkpoint into."""
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+        config.model.skeleton = True
+    return config
+
+
+def towers_config_from_path(path: str) -> clip.CLIPConfig | None:
+    if os.path.isfile(os.path.join(path, EXPORT_MARKER)):
+        with open(os.path.join(path, EXPORT_MARKER)) as f:
+            d = json.load(f)
+        return clip.CLIPConfig(clip.CLIPVisionConfig(**d["vision"]), clip.CLIPTextConfig(**d["text"]),
+                               d["projection_dim"], d["logit_scale_init_value"])
+    if os.path.isfile(os.path.join(path, "config.json")):
+        with open(os.path.join(path, "config.json")) as f:
+            return clip.CLIPConfig.from_hf_dict(json.load(f))
+    return None
+
+
+def build_towers(config, rngs: nnx.Rngs) -> clip.CLIPModel:
+    """CLIP towers: loaded from ``config.model.clip_path`` if set, else random from ``config.model.clip_tiny``."""
+    dtype, param_dtype = dtypes(config)
+    path = config.model.get("clip_path")
+    if not path:
+        return clip.CLIPModel(clip_config(config), rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    if config.model.get("skeleton") and os.path.exists(path):
+        cfg = towers_config_from_path(path)
+        if cfg is not None:
+            return clip.CLIPModel(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"config.model.clip_path={path!r} does not exist: point it at a local transformers CLIP directory "
+            "(config.json + *.safetensors, e.g. from `huggingface-cli download openai/clip-vit-base-patch32`), an "
+            "OpenCLIP checkpoint, or a CLIP exported by zscir_jax")
+    if os.path.isfile(os.path.join(path, EXPORT_MARKER)):
+        return load_exported(path, dtype=dtype, param_dtype=param_dtype)
+    return clip.from_pretrained(path, dtype=dtype, param_dtype=param_dtype)
+
+
+def export_towers(model: clip.CLIPModel, path: str) -> None:
+    """Write a CLIP's parameters (Orbax) and config (JSON) so ``build_towers`` can read them back."""
+    import orbax.checkpoint as ocp
+
+    path = os.path.abspath(path)
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(os.path.join(path, "params"), nnx.state(model, nnx.Param), force=True)
+    ckpt.wait_until_finished()
+    if jax.process_index() == 0:
+        with open(os.path.join(path, EXPORT_MARKER), "w") as f:
+            json.dump(dataclasses.asdict(model.config), f, indent=1)
+
+
+def load_exported(path: str, *, dtype=jnp.float32, param_dtype=jnp.float32) -> clip.CLIPModel:
+    import orbax.checkpoint as ocp
+
+    cfg = towers_config_from_path(path)
+    # Restore into an abstract model whose shardings come from the active mesh and rules, not from the files.
+    abstract = nnx.eval_shape(lambda: clip.CLIPModel(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
+    graphdef, abstract_state = nnx.split(abstract)
+    mesh = jax.sharding.get_mesh()
+    if mesh is not None and not mesh.empty:
+        abstract_state = jax.tree.map(
+            lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+            abstract_state, nnx.get_named_sharding(abstract_state, mesh))
+    else:
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        abstract_state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
+                                      abstract_state)
+    state = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), "params"), abstract_state)
+    return nnx.merge(graphdef, state)
+
+
+def fusion_config(config, dim: int) -> fusion.FusionConfig:
+    f = config.model.fusion
+    return fusion.FusionConfig(
+        dim=dim, depth=f.depth, heads=f.heads, mlp_ratio=f.mlp_ratio, num_prompts=f.num_prompts,
+        prompt_mode=f.prompt_mode, weighting=f.weighting, dropout=f.dropout,
+        combiner_ratio=f.get("combiner_ratio", 4))
+
+
+class FusionRetriever(nnx.Module):
+    """CLIP towers + a token-level fusion module; the gallery side is the normalised CLIP image embedding."""
+
+    def __init__(self, towers: clip.CLIPModel, fusion_cfg: fusion.FusionConfig, *, rngs: nnx.Rngs, dtype, param_dtype):
+        self.clip = towers
+        self.fusion = fusion.Fusion(fusion_cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+
+    def query(self, ref_pixels, text_ids, text_mask, *, deterministic=True, rngs=None):
+        image_tokens, _ = self.clip.image_tokens(ref_pixels)
+        text_tokens, _ = self.clip.text_tokens(text_ids, text_mask)
+        eot = self.clip.text_model.eos_positions(text_ids)
+        return self.fusion(text_tokens, text_mask, eot, image_tokens, deterministic=deterministic, rngs=rngs)
+
+    def image(self, pixels):
+        return l2_normalize(self.clip.encode_image(pixels))
+
+
+def build_fusion_retriever(config, rngs: nnx.Rngs) -> FusionRetriever:
+    towers = build_towers(config, rngs)
+    dtype, param_dtype = dtypes(config)
+    return FusionRetriever(towers, fusion_config(config, towers.config.projection_dim), rngs=rngs, dtype=dtype,
+                           param_dtype=param_dtype)
+
+
+def triplet_loss(query, target, config):
+    """The contrastive objective named by ``config.loss`` over the (global) batch."""
+    from zscir_jax.methods import losses
+
+    l = config.loss
+    if l.name == "focal":
+        return losses.focal_contrastive(query, target, temperature=l.temperature, alpha=l.alpha, gamma=l.gamma)
+    if l.name == "info_nce":
+        return losses.info_nce(query, target, temperature=l.temperature)
+    raise ValueError(f"config.loss.name must be 'focal' or 'info_nce', got {l.name!r}")
+
+
+def fusion_loss(model: FusionRetriever, batch, config, rngs=None):
+    query = model.query(batch["reference_pixels"], batch["text_ids"], batch["text_mask"], deterministic=rngs is None,
+                        rngs=rngs)
+    target = model.image(batch["target_pixels"])
+    return triplet_loss(query, target, config)

@@ -1,0 +1,119 @@
+"""One Orbax CheckpointManager per run with three items:
+
+    state  the NNX state of (model, optimizer) - optimizer step included - saved with StandardSave and restored
+           into an abstract target that carries the CURRENT shardings (never the saved ones)
+    data   the input iterator's position (Grain's own handler when the iterator is a Grain iterator, else its
+           get_state() as JSON)
+    meta   JSON: what a resume must agree on (model shapes, global batch size, process count, method)
+
+Saves are periodic (``save_interval_steps``), asynchronous, keep the last k, and also happen when the job is being
+preempted (``reached_preemption``).
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+import orbax.checkpoint as ocp
+
+
+class IncompatibleResume(RuntimeError):
+    """The workdir holds a checkpoint of a run whose config differs in something a resume cannot bridge."""
+
+
+def _is_grain_iterator(it) -> bool:
+    try:
+        import grain
+
+        kinds = tuple(k for k in (getattr(grain, "DatasetIterator", None),
+                                  getattr(getattr(grain, "python", None), "DataLoaderIterator", None)) if k)
+        from grain._src.python import data_loader
+        from grain._src.python.dataset import dataset
+
+        kinds += (dataset.DatasetIterator, data_loader.DataLoaderIterator)
+        return isinstance(it, kinds)
+    except ImportError:  # pragma: no cover
+        return False
+
+
+class Checkpointer:
+    def __init__(self, directory: str, *, every: int, keep: int, use_async: bool = True):
+        self.directory = os.path.abspath(directory)
+        options = ocp.CheckpointManagerOptions(
+            save_interval_steps=max(int(every), 1), max_to_keep=keep, create=True,
+            enable_async_checkpointing=use_async)
+        self.manager = ocp.CheckpointManager(self.directory, options=options)
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def should_save(self, step: int) -> bool:
+        return self.manager.should_save(step) or self.manager.reached_preemption(step)
+
+    def save(self, step: int, state, data_iter, meta: dict, *, force: bool = False) -> bool:
+        args = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+        if data_iter is not None:
+            args["data"] = self._data_save(data_iter)
+        return self.manager.save(step, args=ocp.args.Composite(**args), force=force)
+
+    def _data_save(self, it):
+        if _is_grain_iterator(it):
+            import grain
+
+            return grain.checkpoint.CheckpointSave(it)
+        return ocp.args.JsonSave({"state": it.get_state()})
+
+    def read_meta(self, step: int) -> dict:
+        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+
+    def restore(self, step: int, abstract_state, data_iter):
+        """State restored into ``abstract_state`` (ShapeDtypeStructs with shardings); the data iterator in place."""
+        args = {"state": ocp.args.StandardRestore(abstract_state)}
+        grain_iter = data_iter is not None and _is_grain_iterator(data_iter)
+        if data_iter is not None:
+            import grain
+
+            args["data"] = (grain.checkpoint.CheckpointRestore(data_iter) if grain_iter
+                            else ocp.args.JsonRestore())
+        out = self.manager.restore(step, args=ocp.args.Composite(**args))
+        if data_iter is not None and not grain_iter:
+            data_iter.set_state(out["data"]["state"])
+        return out["state"]
+
+    def wait(self):
+        self.manager.wait_until_finished()
+
+    def close(self):
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def resume_meta(config, state, process_count: int | None = None) -> dict:
+    """What must match for a resume: every parameter's shape, the global batch size, process count, method."""
+    from flax import nnx
+
+    shapes = {"/".join(map(str, path)): list(v.shape)
+              for path, v in nnx.to_flat_state(state) if hasattr(v, "shape") and path[0] == 0}
+    return {
+        "method": config.method,
+        "global_batch_size": int(config.train.batch_size),
+        "process_count": int(jax.process_count() if process_count is None else process_count),
+        "param_shapes": shapes,
+    }
+
+
+def check_compatible(saved: dict, current: dict, directory: str) -> None:
+    problems = []
+    for key in ("method", "global_batch_size", "process_count"):
+        if saved.get(key) != current.get(key):
+            problems.append(f"{key}: checkpoint has {saved.get(key)!r}, config has {current.get(key)!r}")
+    a, b = saved.get("param_shapes", {}), current.get("param_shapes", {})
+    diffs = [f"{k}: checkpoint {a.get(k)} vs model {b.get(k)}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if diffs:
+        more = f" (and {len(diffs) - 5} more)" if len(diffs) > 5 else ""
+        problems.append("model shape differs: " + "; ".join(diffs[:5]) + more)
+    if problems:
+        raise IncompatibleResume(
+            f"cannot resume from {directory}: the config changed incompatibly since the checkpoint was written:\n  "
+            + "\n  ".join(problems)
+            + "\nUse a new --workdir, or restore the original settings.")
