@@ -82,21 +82,23 @@ class LLMConfig:
         theta = rope.get("rope_theta", d.get("rope_theta", 10000.0))
         if rope.get("partial_rotary_factor", 1.0) != 1.0:
             raise ValueError("partial_rotary_factor != 1 is not supported")
-        eos = d.get("eos_token_id")
+        eos = d.get("eos_token_id", 2)
         eos = () if eos is None else tuple(eos) if isinstance(eos, (list, tuple)) else (int(eos),)
         qwen = model_type == "qwen2"
         attention_bias = bool(d.get("attention_bias", False))
-        heads = d["num_attention_heads"]
+        # Missing keys take transformers' Llama defaults (old LLaVA configs list only what differs from them).
+        heads = d.get("num_attention_heads", cls.num_heads)
+        hidden = d.get("hidden_size", cls.hidden_size)
         return cls(
-            vocab_size=d["vocab_size"],
-            hidden_size=d["hidden_size"],
-            intermediate_size=d["intermediate_size"],
-            num_layers=d["num_hidden_layers"],
+            vocab_size=d.get("vocab_size", cls.vocab_size),
+            hidden_size=hidden,
+            intermediate_size=d.get("intermediate_size", cls.intermediate_size),
+            num_layers=d.get("num_hidden_layers", cls.num_layers),
             num_heads=heads,
             num_kv_heads=d.get("num_key_value_heads") or heads,
-            head_dim=d.get("head_dim") or d["hidden_size"] // heads,
+            head_dim=d.get("head_dim") or hidden // heads,
             rms_norm_eps=d.get("rms_norm_eps", 1e-6),
-            max_position_embeddings=d.get("max_position_embeddings", 4096),
+            max_position_embeddings=d.get("max_position_embeddings", 2048),
             rope_theta=float(theta),
             rope_type=rope_type,
             rope_factor=float(rope.get("factor", 1.0)),
@@ -109,7 +111,7 @@ class LLMConfig:
             o_bias=False if qwen else attention_bias,
             mlp_bias=bool(d.get("mlp_bias", False)),
             tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-            bos_token_id=d.get("bos_token_id"),
+            bos_token_id=d.get("bos_token_id", 1),
             eos_token_ids=eos,
             pad_token_id=d.get("pad_token_id"),
             model_type=model_type,
