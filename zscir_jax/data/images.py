@@ -1,0 +1,49 @@
+"""Image decoding and CLIP preprocessing (numpy / PIL only: runs inside Grain workers)."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class ImageError(ValueError):
+    """A missing or undecodable image; the message names the file."""
+
+
+def load_image(path: str) -> Image.Image:
+    """Decodes ``path`` fully into an RGB PIL image; raises ``ImageError`` naming the path when it cannot."""
+    try:
+        with Image.open(path) as img:
+            img.load()  # decode now: a truncated file must fail here, not later inside a transform
+            return img.convert("RGB")
+    except FileNotFoundError as e:
+        raise ImageError(f"image file not found: {path}") from e
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError(f"cannot decode image {path}: {e}") from e
+
+
+def to_uint8_square(img: Image.Image, size: int) -> np.ndarray:
+    """CLIP's geometry without normalisation: shorter side -> ``size`` (bicubic), centre crop; uint8 [size,size,3]."""
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    w, h = img.size
+    scale = size / min(w, h)
+    # round() like torchvision's Resize(int): the shorter side becomes exactly ``size``.
+    nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BICUBIC)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    img = img.crop((left, top, left + size, top + size))
+    return np.asarray(img, dtype=np.uint8)
+
+
+def normalize(pixels_uint8: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
+    x = pixels_uint8.astype(np.float32) / 255.0
+    return (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def preprocess(img: Image.Image, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
+    """CLIP preprocessing: resize shorter side + centre crop + /255 + normalise -> float32 [size, size, 3]."""
+    return normalize(to_uint8_square(img, size), mean, std)

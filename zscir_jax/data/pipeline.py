@@ -1,0 +1,212 @@
+"""Grain input pipelines: triplets for CIR training and image-caption pairs for contrastive warm-up.
+
+Shape of both (as in the Grain docs and MaxText):
+
+    MapDataset.source(records | ArrayRecordDataSource)
+      .seed(seed).shuffle()            global, reshuffled every epoch
+      .repeat(num_epochs)              None: forever
+      [process_index::process_count]   this host's share of the global stream
+      .map(decode + preprocess + tokenize)   -> None for a bad image under on_error="skip"
+      .filter(not None)
+      .to_iter_dataset(ReadOptions)    threads, order preserved
+      .batch(local_batch, drop_remainder=True)   after the filter, so skipped records never leave holes
+      .mp_prefetch(MultiprocessingOptions)       when worker_count > 0
+
+The iterator is a ``grain.DatasetIterator``: ``get_state()`` / ``set_state()`` resume exactly (no batch skipping),
+and it can be saved with ``grain.checkpoint.CheckpointSave`` through Orbax. Every process builds the same global
+order from the same seed and reads only its slice, so the host batches of one step form one global batch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from typing import Any, Callable, Sequence
+
+import grain
+import jax
+import numpy as np
+
+from zscir_jax.data import images
+from zscir_jax.data.triplets import TripletRecord, coerce
+
+log = logging.getLogger(__name__)
+ON_ERROR = ("raise", "skip")
+
+
+@dataclasses.dataclass
+class PipelineStats:
+    """Counts records skipped for a bad image (``on_error="skip"``). Counted in the process that decodes: with
+    ``worker_count > 0`` the workers log each skip instead (``zscir_jax.data.pipeline`` logger)."""
+    skipped: int = 0
+    last_error: str = ""
+
+    def __post_init__(self):
+        self._lock = threading.Lock()
+
+    def record(self, message: str) -> None:
+        with self._lock:
+            self.skipped += 1
+            self.last_error = message
+
+    def __getstate__(self):  # picklable for Grain workers: the lock is rebuilt there
+        d = dict(self.__dict__)
+        d.pop("_lock", None)
+        return d
+
+    def __setstate__(self, d):
+        self.__dict__.update(d)
+        self._lock = threading.Lock()
+
+
+def _resolve(path: str, image_root: str | None) -> str:
+    return path if image_root is None or os.path.isabs(path) else os.path.join(image_root, path)
+
+
+class _Decode:
+    """Shared part of the per-element transforms: raise-or-skip around image decoding."""
+
+    def __init__(self, image_size: int, tokenizer, on_error: str, stats: PipelineStats, image_root, mean, std):
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        self.image_size, self.tokenizer, self.on_error, self.stats = image_size, tokenizer, on_error, stats
+        self.image_root, self.mean, self.std = image_root, mean, std
+
+    def pixels(self, path: str) -> np.ndarray:
+        img = images.load_image(_resolve(path, self.image_root))
+        return images.preprocess(img, self.image_size, self.mean, self.std)
+
+    def tokens(self, text: str) -> tuple[np.ndarray, np.ndarray]:
+        ids, mask = self.tokenizer([text])
+        return ids[0], mask[0]
+
+    def guarded(self, fn: Callable[[Any], dict], element: Any) -> dict | None:
+        try:
+            return fn(element)
+        except images.ImageError as e:
+            if self.on_error == "raise":
+                raise
+            self.stats.record(str(e))
+            log.warning("skipping record: %s", e)
+            return None
+
+
+class _TripletTransform(_Decode):
+    def _one(self, element: Any) -> dict:
+        r: TripletRecord = coerce(element)
+        ids, mask = self.tokens(r.modification_text)
+        tids, tmask = self.tokens(r.target_text)
+        has_target = r.target_image is not None and r.target_image != ""
+        target = (self.pixels(r.target_image) if has_target
+                  else np.zeros((self.image_size, self.image_size, 3), np.float32))
+        return {"reference_pixels": self.pixels(r.reference_image), "text_ids": ids, "text_mask": mask,
+                "target_pixels": target, "has_target_image": np.bool_(has_target),
+                "target_text_ids": tids, "target_text_mask": tmask}
+
+    def __call__(self, element: Any) -> dict | None:
+        return self.guarded(self._one, element)
+
+
+class _PairTransform(_Decode):
+    def _one(self, element: Any) -> dict:
+        path, caption = element
+        ids, mask = self.tokens(caption)
+        return {"pixels": self.pixels(path), "text_ids": ids, "text_mask": mask}
+
+    def __call__(self, element: Any) -> dict | None:
+        return self.guarded(self._one, element)
+
+
+def _not_none(x) -> bool:  # module level: picklable for mp_prefetch workers
+    return x is not None
+
+
+def _ensure_absl_flags() -> None:
+    """Grain's worker processes read its absl flags; outside an absl app (tests, notebooks) nothing parsed them,
+    so accept the defaults. Under ``absl.app.run`` (our ``main``) they are parsed already and left alone."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+def _build(source, transform, *, global_batch_size: int, seed: int, shuffle: bool, num_epochs: int | None,
+           process_index: int, process_count: int, worker_count: int, read_threads: int, prefetch_buffer_size: int,
+           drop_remainder: bool = True) -> grain.DatasetIterator:
+    if process_count < 1 or not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} out of range for process_count {process_count}")
+    if global_batch_size % process_count:
+        raise ValueError(f"global_batch_size {global_batch_size} is not divisible by process_count {process_count}")
+    local_batch = global_batch_size // process_count
+    if len(source) == 0:
+        raise ValueError("the input pipeline got an empty data source")
+    ds = grain.MapDataset.source(source)
+    if shuffle:
+        ds = ds.seed(seed).shuffle()
+    ds = ds.repeat(num_epochs)
+    ds = ds[process_index::process_count]
+    ds = ds.map(transform).filter(_not_none)
+    it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size))
+    it = it.batch(local_batch, drop_remainder=drop_remainder)
+    if worker_count > 0:
+        _ensure_absl_flags()
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    return iter(it)
+
+
+def _as_source(records_or_source):
+    """Lists are used as they are (in-memory sources); anything with ``__len__``/``__getitem__`` (an
+    ``ArrayRecordDataSource``) too. JSONL / ArrayRecord paths are read with ``triplets``."""
+    if isinstance(records_or_source, (str, os.PathLike)):
+        from zscir_jax.data import triplets
+
+        p = os.fspath(records_or_source)
+        return triplets.read_jsonl(p) if p.endswith(".jsonl") else triplets.array_record_source(p)
+    return records_or_source
+
+
+def triplet_loader(records_or_source, *, global_batch_size: int, image_size: int, tokenizer, seed: int = 0,
+                   shuffle: bool = True, num_epochs: int | None = None, process_index: int | None = None,
+                   process_count: int | None = None, worker_count: int = 0, on_error: str = "raise",
+                   mean=images.CLIP_MEAN, std=images.CLIP_STD, image_root: str | None = None,
+                   stats: PipelineStats | None = None, read_threads: int = 4,
+                   prefetch_buffer_size: int = 64) -> grain.DatasetIterator:
+    """Batches of triplets (numpy, local batch = global_batch_size // process_count):
+
+    ``reference_pixels`` f32 [b,S,S,3], ``text_ids``/``text_mask`` i32 [b,L], ``target_pixels`` f32 [b,S,S,3]
+    (zeros where there is no target image), ``has_target_image`` bool [b], ``target_text_ids``/``target_text_mask``
+    i32 [b,L].
+
+    ``records_or_source``: a list of ``TripletRecord`` / dicts, a Grain random-access source of JSON bytes
+    (``triplets.array_record_source``), or a ``.jsonl`` / ``.array_record`` path. ``stats`` (or the returned
+    iterator's ``.stats`` when omitted) counts records skipped under ``on_error="skip"``.
+    """
+    stats = stats if stats is not None else PipelineStats()
+    transform = _TripletTransform(image_size, tokenizer, on_error, stats, image_root, mean, std)
+    it = _build(_as_source(records_or_source), transform, global_batch_size=global_batch_size, seed=seed,
+                shuffle=shuffle, num_epochs=num_epochs,
+                process_index=jax.process_index() if process_index is None else process_index,
+                process_count=jax.process_count() if process_count is None else process_count,
+                worker_count=worker_count, read_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size)
+    it.stats = stats
+    return it
+
+
+def pair_loader(pairs: Sequence[tuple[str, str]], *, global_batch_size: int, image_size: int, tokenizer,
+                seed: int = 0, shuffle: bool = True, num_epochs: int | None = None, process_index: int | None = None,
+                process_count: int | None = None, worker_count: int = 0, on_error: str = "raise",
+                mean=images.CLIP_MEAN, std=images.CLIP_STD, image_root: str | None = None,
+                stats: PipelineStats | None = None, read_threads: int = 4,
+                prefetch_buffer_size: int = 64) -> grain.DatasetIterator:
+    """Batches of image-caption pairs ``(path, caption)``: ``pixels`` f32 [b,S,S,3], ``text_ids``/``text_mask``
+    i32 [b,L] (CLIP contrastive warm-up, CoLLM's in-batch triplets). Same options as ``triplet_loader``."""
+    stats = stats if stats is not None else PipelineStats()
+    transform = _PairTransform(image_size, tokenizer, on_error, stats, image_root, mean, std)
+    it = _build([tuple(p) for p in pairs], transform, global_batch_size=global_batch_size, seed=seed,
+                shuffle=shuffle, num_epochs=num_epochs,
+                process_index=jax.process_index() if process_index is None else process_index,
+                process_count=jax.process_count() if process_count is None else process_count,
+                worker_count=worker_count, read_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size)
+    it.stats = stats
+    return it

@@ -1,0 +1,83 @@
+"""Text tokenization for the pipeline: a word-level tokenizer built from a corpus (the demo has no pretrained one)
+and a small wrapper that pads / truncates any HF tokenizer directory to fixed-length int32 arrays.
+
+The wrapper has the call signature of ``models.clip.CLIPTokenizer`` (``tok(texts) -> (ids, mask)``), so the
+pipeline takes either.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Sequence
+
+import numpy as np
+
+BOS, EOS, PAD, UNK = "<|startoftext|>", "<|endoftext|>", "<pad>", "<unk>"
+
+
+def build_word_tokenizer(texts: Iterable[str], out_dir: str, max_length: int = 32, min_frequency: int = 1) -> str:
+    """Trains a lower-cased word-level tokenizer (punctuation split off) on ``texts``; saves it in HF format so
+    ``transformers.AutoTokenizer.from_pretrained(out_dir)`` loads it. Returns ``out_dir``."""
+    from tokenizers import Tokenizer as HFTokenizer
+    from tokenizers import models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = HFTokenizer(models.WordLevel(unk_token=UNK))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()  # \w+ | [^\w\s]+: words and punctuation runs
+    specials = [PAD, UNK, BOS, EOS]  # ids 0..3, fixed whatever the corpus
+    tok.train_from_iterator(list(texts), trainers.WordLevelTrainer(special_tokens=specials, min_frequency=min_frequency,
+                                                                   show_progress=False))
+    bos, eos = tok.token_to_id(BOS), tok.token_to_id(EOS)
+    tok.post_processor = processors.TemplateProcessing(single=f"{BOS} $A {EOS}", pair=f"{BOS} $A {EOS} $B {EOS}",
+                                                       special_tokens=[(BOS, bos), (EOS, eos)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
+                                   model_max_length=max_length, padding_side="right", truncation_side="right")
+    os.makedirs(out_dir, exist_ok=True)
+    fast.save_pretrained(out_dir)
+    return out_dir
+
+
+class Tokenizer:
+    """Any HF tokenizer, padded/truncated to ``max_length``; returns int32 numpy ``(input_ids, attention_mask)``.
+
+    When a text is truncated the last kept token is replaced by EOS, so models pooling at the EOS position
+    (CLIP's text tower) always find it.
+    """
+
+    def __init__(self, hf_tokenizer, max_length: int):
+        self.hf = hf_tokenizer
+        self.max_length = int(max_length)
+
+    @classmethod
+    def from_dir(cls, path: str, max_length: int | None = None) -> "Tokenizer":
+        from transformers import AutoTokenizer
+
+        if not os.path.isdir(path):
+            raise FileNotFoundError(f"tokenizer directory {path!r} does not exist")
+        hf = AutoTokenizer.from_pretrained(path)
+        if max_length is None:
+            max_length = hf.model_max_length if hf.model_max_length < 100_000 else 77
+        return cls(hf, max_length)
+
+    @property
+    def eos_token_id(self) -> int:
+        return self.hf.eos_token_id
+
+    @property
+    def pad_token_id(self) -> int:
+        return self.hf.pad_token_id if self.hf.pad_token_id is not None else self.hf.eos_token_id
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf)
+
+    def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        enc = self.hf(list(texts), padding="max_length", truncation=True, max_length=self.max_length,
+                      return_tensors="np")
+        ids = enc["input_ids"].astype(np.int32)
+        mask = enc["attention_mask"].astype(np.int32)
+        eos = self.eos_token_id
+        if eos is not None:
+            full = mask[:, -1] == 1  # rows that filled the whole length: possibly truncated
+            ids[full, -1] = np.where(np.any(ids[full] == eos, axis=1), ids[full, -1], eos)
+        return ids, mask
