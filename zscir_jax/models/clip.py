@@ -63,7 +63,10 @@ class CLIPTextConfig:
     @classmethod
     def from_hf_dict(cls, d: dict) -> "CLIPTextConfig":
         names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names and v is not None})
+        kwargs = {k: v for k, v in d.items() if k in names and v is not None}
+        # A config.json without the key gets transformers' default (49407), not our legacy-rule default.
+        kwargs.setdefault("eos_token_id", 49407)
+        return cls(**kwargs)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,11 +197,11 @@ class CLIPMLP(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.fc1 = _dense(dim, hidden, ("embed", "mlp"), **kw)
         self.fc2 = _dense(hidden, dim, ("mlp", "embed"), **kw)
-        self.act_name = act
-        self.act = _activation(act)
+        _activation(act)  # fail at construction on an unknown name
+        self.act = act  # the name, not a function: keeps the module's static data hashable and comparable
 
     def __call__(self, x):
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(_activation(self.act)(self.fc1(x)))
 
 
 class CLIPEncoderLayer(nnx.Module):
@@ -443,9 +446,24 @@ def load_tokenizer(path: str, max_length: int | None = None) -> CLIPTokenizer:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer directory {path!r} does not exist")
     if max_length is None:
-        config_path = os.path.join(path, "config.json")
-        max_length = 77
-        if os.path.isfile(config_path):
-            with open(config_path) as f:
-                max_length = json.load(f).get("text_config", {}).get("max_position_embeddings", 77)
+        max_length = _context_length(path)
     return CLIPTokenizer(AutoTokenizer.from_pretrained(path), max_length)
+
+
+def _context_length(path: str) -> int:
+    """The text tower's context length from an HF ``config.json`` or an OpenCLIP config; 77 when neither says."""
+    hf = os.path.join(path, "config.json")
+    if os.path.isfile(hf):
+        with open(hf) as f:
+            length = (json.load(f).get("text_config") or {}).get("max_position_embeddings")
+        if length:
+            return int(length)
+    for name in ("open_clip_config.json", "open_clip_model_config.json", "model_config.json"):
+        oc = os.path.join(path, name)
+        if os.path.isfile(oc):
+            with open(oc) as f:
+                d = json.load(f)
+            length = (d.get("model_cfg", d).get("text_cfg") or {}).get("context_length")
+            if length:
+                return int(length)
+    return 77
