@@ -203,6 +203,22 @@ def random_edit(scene: Scene, rng: np.random.Generator, ops: Sequence[str] | Non
     return Edit(op, index, random_value(rng, scene, op, index))
 
 
+def all_edits(scene: Scene) -> list[Edit]:
+    """Every single edit applicable to ``scene``, in a fixed order."""
+    out = []
+    for i, o in enumerate(scene.objects):
+        out += [Edit("colour", i, c) for c in COLOURS if c != o.colour]
+        out += [Edit("shape", i, v) for v in SHAPES if v != o.shape]
+        out += [Edit("size", i, v) for v in SIZES if v != o.size]
+        out += [Edit("move", i, c) for c in scene.free_cells()]
+        if len(scene.objects) > 1:
+            out.append(Edit("remove", i))
+    if len(scene.objects) < MAX_OBJECTS:
+        out += [Edit("add", None, Obj(c, sh, co, si)) for c in scene.free_cells()
+                for sh in SHAPES for co in COLOURS for si in SIZES]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- edit phrasings
 
 # Benchmark phrasings. Fields: {obj} referring expression ("the red circle"), {bare} without the article,
