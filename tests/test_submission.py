@@ -50,7 +50,8 @@ def _broken_cirr(recall, subset, recs):
     cases = []
 
     def variant(base, label, expect, edit):
-        obj = copy.deepcopy(base)
+        obj = dict(base)  # shallow: only the first pairid's list is edited
+        obj[pid] = list(obj[pid])
         edit(obj)
         cases.append((label, obj, expect))
 
