@@ -100,3 +100,26 @@ def transagg() -> ml_collections.ConfigDict:
     c.model.fusion.weighting = "linear"
     c.loss = ml_collections.ConfigDict(dict(name="info_nce", temperature=0.01, alpha=1.0, gamma=0.0))  # scale 100
     return c
+
+
+def tiny(method: str = "pvlf") -> ml_collections.ConfigDict:
+    """A seconds-long config on synthetic arrays (tests, notebooks): tiny random CLIP, small fusion, no eval."""
+    c = transagg() if method == "transagg" else base(method)
+    if method == "clip_pretrain":
+        c.optim.groups = CLIP_GROUPS
+        c.optim.finetune = "both"
+        c.optim.lr = dict(text_tower=3e-3, image_tower=3e-3)
+    else:
+        c.optim.lr = dict(fusion=3e-3, text_tower=3e-4, image_tower=3e-4)
+    c.model.clip_tiny = ml_collections.ConfigDict(dict(vocab_size=64, image_size=16, patch_size=8, width=32,
+                                                       layers=1, max_length=8, eos_token_id=2))
+    c.model.fusion.heads = 2
+    c.model.fusion.mlp_ratio = 2
+    c.model.fusion.combiner_ratio = 1
+    c.model.fusion.num_prompts = min(c.model.fusion.num_prompts, 3)
+    c.model.fusion.dropout = 0.1
+    c.loss.temperature = 0.1
+    c.data.source = "random"
+    c.train.update(steps=8, batch_size=8, log_every=1, checkpoint_every=4, progress_bar=False)
+    c.optim.warmup_steps = 0
+    return c

@@ -10,9 +10,10 @@ import numpy as np
 
 class RandomTriplets:
     def __init__(self, *, batch_size: int, image_size: int, max_length: int, vocab_size: int, seed: int = 0,
-                 kind: str = "triplets", num_words: int = 8):
+                 kind: str = "triplets", num_words: int = 8, nan_at: int = -1):
         self.b, self.s, self.l, self.v = batch_size, image_size, max_length, vocab_size
         self.seed, self.kind, self.position = seed, kind, 0
+        self.nan_at = nan_at  # the batch at this position carries NaN pixels (tests the divergence stop)
         rng = np.random.default_rng(1234)
         self.patterns = rng.standard_normal((num_words, image_size, image_size, 3)).astype(np.float32)
 
@@ -29,6 +30,8 @@ class RandomTriplets:
         rng = np.random.default_rng([self.seed, self.position])
         self.position += 1
         ref = rng.standard_normal((self.b, self.s, self.s, 3)).astype(np.float32)
+        if self.position - 1 == self.nan_at:
+            ref[:] = np.nan
         words = rng.integers(0, len(self.patterns), self.b)
         n = rng.integers(2, self.l, self.b)  # tokens incl. BOS ... EOT
         ids = np.zeros((self.b, self.l), np.int32)
