@@ -156,3 +156,16 @@ def test_missing_gallery_image_is_named(tmp_path):
     bench = cirr.load(root, "val", on_missing="skip")
     assert bench.skipped_images == 1 and "dev-1-3-img0" not in bench.gallery
     assert bench.skipped == 2  # both queries of set 1 have the image among their img_set members
+
+
+def test_both_orders_texts_are_averaged(tmp_path):
+    from zscir_jax.data.benchmarks import Benchmark, CIRQuery
+
+    path = str(tmp_path / "a.png")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(path)
+    q = CIRQuery("dress-0", "a", "red", targets=("a",), extra={"texts": ("red", "blue")})
+    bench = Benchmark("fashioniq_dress", "val", (q,), ("a",), {"a": path}, True, kind="fashioniq")
+    emb = evaluator.embed_queries(bench, TrivialEncoder(), image_size=4, batch_size=2)
+    red, blue = (TrivialEncoder().encode_queries(None, [t]) for t in ("red", "blue"))
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+    np.testing.assert_allclose(emb[0], unit(unit(red[0]) + unit(blue[0])), rtol=1e-6)

@@ -24,7 +24,8 @@ def thumbnail(path: str, size: int) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im = im.convert("RGB")
-            im.thumbnail((size, size))
+            scale = size / max(im.width, im.height)  # fit the square, enlarging small images too
+            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))))
             canvas = Image.new("RGB", (size, size), (255, 255, 255))
             canvas.paste(im, ((size - im.width) // 2, (size - im.height) // 2))
             return np.asarray(canvas)
