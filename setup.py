@@ -11,6 +11,7 @@ RUNTIME = [
     "ml-collections>=1.0",
     "clu>=0.0.12",
     "tensorflow-datasets>=4.9.8",
+    "importlib_resources",  # tensorflow-datasets imports it without declaring it
     "array-record>=0.7",
     "transformers>=5.0",
     "safetensors>=0.5",
