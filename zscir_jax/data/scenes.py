@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import shutil
 from typing import Any, Sequence
 
@@ -100,6 +101,31 @@ def render_caption(scene: Scene) -> str:
     """The canonical caption: objects in grid order, joined "a, b and c". Two scenes are equal iff captions are."""
     parts = [o.phrase() for o in scene.objects]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+_OBJ_RE = re.compile(rf"a ({'|'.join(SIZES)}) ({'|'.join(COLOURS)}) ({'|'.join(SHAPES)}) (?:at|on|in) the "
+                     rf"({'|'.join(sorted(map(re.escape, POSITIONS), key=len, reverse=True))})")
+
+
+def parse_caption(caption: str) -> Scene:
+    """Inverse of ``render_caption`` for canonical captions; ``ValueError`` for anything else."""
+    objs, rest = [], caption
+    for k in range(MAX_OBJECTS):
+        m = _OBJ_RE.match(rest)
+        if not m:
+            break
+        objs.append(Obj(POSITIONS.index(m.group(4)), m.group(3), m.group(2), m.group(1)))
+        rest = rest[m.end():]
+        if not rest.startswith((", ", " and ")):
+            break
+        rest = rest[2:] if rest.startswith(", ") else rest[5:]
+    try:
+        scene = Scene.of(objs)
+    except ValueError:
+        scene = None
+    if rest or scene is None or render_caption(scene) != caption:
+        raise ValueError(f"not a canonical scene caption: {caption!r}")
+    return scene
 
 
 @dataclasses.dataclass(frozen=True)
@@ -217,6 +243,25 @@ def all_edits(scene: Scene) -> list[Edit]:
         out += [Edit("add", None, Obj(c, sh, co, si)) for c in scene.free_cells()
                 for sh in SHAPES for co in COLOURS for si in SIZES]
     return out
+
+
+def diff(a: Scene, b: Scene) -> Edit | None:
+    """The single edit turning ``a`` into ``b`` (None when they are equal or more than one edit apart)."""
+    only_a = [o for o in a.objects if o not in b.objects]
+    only_b = [o for o in b.objects if o not in a.objects]
+    if len(only_a) == 0 and len(only_b) == 1:
+        return Edit("add", None, only_b[0])
+    if len(only_a) == 1 and len(only_b) == 0:
+        return Edit("remove", a.objects.index(only_a[0]))
+    if len(only_a) != 1 or len(only_b) != 1:
+        return None
+    x, y = only_a[0], only_b[0]
+    i = a.objects.index(x)
+    changed = [f for f in ("cell", "shape", "colour", "size") if getattr(x, f) != getattr(y, f)]
+    if changed != ["cell"] and len(changed) != 1:
+        return None
+    field = changed[0]
+    return Edit("move" if field == "cell" else field, i, getattr(y, field))
 
 
 # ---------------------------------------------------------------------------------------------- edit phrasings
