@@ -96,3 +96,34 @@ def test_openclip_torch_pickle_and_unknown_tensors(tmp_path):
     state["visual.extra.weight"] = np.zeros(3, np.float32)
     with pytest.raises(loader.WeightLoadError, match="visual.extra.weight"):
         openclip.to_hf_names(state)
+
+
+def test_openclip_safetensors_are_streamed_not_loaded_whole(tmp_path):
+    state = openclip_state_from(make_torch_clip("gelu"))
+    save_file(state, str(tmp_path / "w.safetensors"))
+    view = openclip.HFView(loader.LazyTensors([str(tmp_path / "w.safetensors")]))
+    assert "vision_model.encoder.layers.1.self_attn.k_proj.weight" in view
+    k = view["vision_model.encoder.layers.1.self_attn.k_proj.weight"]
+    np.testing.assert_array_equal(k, state["visual.transformer.resblocks.1.attn.in_proj_weight"][WIDTH:2 * WIDTH])
+    assert view["logit_scale"].shape == ()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: c["vision_cfg"].update(layers=[3, 4, 6, 3]), "ModifiedResNet"),
+    (lambda c: c["vision_cfg"].update(ls_init_value=1e-5), "vision_cfg.ls_init_value"),
+    (lambda c: c["text_cfg"].update(hf_model_name="roberta-base"), "text_cfg.hf_model_name"),
+    (lambda c: c.pop("vision_cfg"), "not an OpenCLIP model config"),
+])
+def test_openclip_configs_we_cannot_run_are_refused(change, message):
+    cfg = openclip_config(True)["model_cfg"]
+    change(cfg)
+    with pytest.raises(ValueError, match=message):
+        openclip.config_from_openclip(cfg)
+
+
+def test_openclip_config_maps_to_ours():
+    cfg = openclip.config_from_openclip(openclip_config(False))
+    assert cfg.projection_dim == EMBED and cfg.vision.hidden_act == "gelu" and cfg.text.hidden_act == "gelu"
+    assert (cfg.vision.num_attention_heads, cfg.vision.patch_size, cfg.vision.image_size) == (2, 16, 32)
+    assert (cfg.text.max_position_embeddings, cfg.text.vocab_size, cfg.text.eos_token_id) == (12, 99, 2)
+    assert cfg.vision.intermediate_size == 4 * WIDTH

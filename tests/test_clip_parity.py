@@ -120,6 +120,38 @@ def test_other_image_size_interpolates_positions_like_transformers(tmp_path):
     assert diff < TOL
 
 
+def test_non_square_image_interpolates_like_transformers(tmp_path):
+    torch_model = save_torch_clip(hf_config(dict(eos_token_id=98), dict(patch_size=8, image_size=32)), tmp_path)
+    ours = clip.from_pretrained(str(tmp_path))
+    px = np.random.default_rng(2).standard_normal((2, 32, 48, 3)).astype(np.float32)  # a 4x6 grid (H x W)
+    with torch.no_grad():
+        expected = torch_model.vision_model(pixel_values=torch.from_numpy(px).permute(0, 3, 1, 2),
+                                            interpolate_pos_encoding=True, output_hidden_states=True)
+    out = ours.vision_model(px, output_hidden_states=True)
+    assert out.last_hidden_state.shape == (2, 1 + 4 * 6, 32)
+    diff = max(max_diff(a, b) for a, b in zip(out.hidden_states, expected.hidden_states))
+    diff = max(diff, max_diff(out.pooler_output, expected.pooler_output))
+    print(f"\n[non-square 32x48 on a 32px model] max abs diff (all hidden states, pooled): {diff:.2e}")
+    assert diff < TOL
+
+
+def test_config_without_eos_id_gets_transformers_default():
+    assert clip.CLIPTextConfig.from_hf_dict({}).eos_token_id == transformers.CLIPTextConfig().eos_token_id
+    assert clip.CLIPTextConfig.from_hf_dict({"eos_token_id": 2}).eos_token_id == 2
+
+
+def test_vision_tower_alone_loads_from_a_clip_checkpoint(tmp_path):
+    from zscir_jax.weights import clip as clip_weights
+
+    torch_model = save_torch_clip(hf_config(dict(eos_token_id=98), dict(patch_size=16)), tmp_path)
+    tower = clip_weights.load_vision(str(tmp_path))
+    assert isinstance(tower, clip.CLIPVisionModel)
+    px = pixels(32)
+    with torch.no_grad():
+        expected = torch_model.vision_model(pixel_values=torch.from_numpy(px).permute(0, 3, 1, 2))
+    assert max_diff(tower(px).pooler_output, expected.pooler_output) < TOL
+
+
 def test_sharded_checkpoint_with_index(tmp_path):
     torch_model = save_torch_clip(hf_config(dict(eos_token_id=98), dict(patch_size=16)), tmp_path,
                                   max_shard_size="20KB")
@@ -166,6 +198,23 @@ def test_weights_load_sharded_on_a_mesh_and_give_the_same_outputs(tmp_path):
         px = jax.device_put(pixels(32, n=4), sharding.batch_sharding(mesh, 4))
         out = jax.jit(lambda m, x: m.encode_image(x))(sharded, px)
     np.testing.assert_allclose(out, plain.encode_image(pixels(32, n=4)), atol=1e-5)
+
+
+def test_weights_load_sharded_in_nnx_tree_mode(tmp_path):
+    """Tree mode (flax's coming default) must keep the target shardings too."""
+    import flax
+
+    save_torch_clip(hf_config(dict(eos_token_id=98), dict(patch_size=16)), tmp_path)
+    mesh = sharding.make_mesh((2, 2, 2))
+    previous = flax.config.nnx_graph_mode
+    flax.config.update("nnx_graph_mode", False)
+    try:
+        with sharding.activate(mesh):
+            model = clip.from_pretrained(str(tmp_path))
+            kernel = model.text_model.encoder.layers[1].self_attn.out_proj.kernel[...]
+        assert kernel.sharding.spec == jax.sharding.PartitionSpec("model", "fsdp")
+    finally:
+        flax.config.update("nnx_graph_mode", previous)
 
 
 def test_bf16_compute_keeps_fp32_params(tmp_path):
