@@ -1,6 +1,5 @@
 """Grain loaders, image preprocessing and the word-level tokenizer, on a tiny generated scene set."""
 import gc
-import os
 
 import numpy as np
 import pytest
