@@ -248,3 +248,9 @@ def test_tokenizer_pads_and_truncates_to_context_length(tmp_path):
     np.testing.assert_array_equal(ids[0], [2, 4, 5, 6, 3, 0])
     np.testing.assert_array_equal(mask[0], [1, 1, 1, 1, 1, 0])
     assert mask[1].all() and tokenizer.eos_token_id == 3 and tokenizer.pad_token_id == 0
+
+    # An OpenCLIP directory states its context length in open_clip_config.json instead.
+    (tmp_path / "config.json").unlink()
+    (tmp_path / "open_clip_config.json").write_text(json.dumps({"model_cfg": {"text_cfg": {"context_length": 5}}}))
+    ids, _ = clip.load_tokenizer(str(tmp_path))(["a red circle a red circle"])
+    assert ids.shape == (1, 5)

@@ -16,8 +16,9 @@ def encode(model, px, ids):
 def test_clip_state_roundtrips_through_orbax(tmp_path):
     cfg = clip.CLIPConfig.tiny()
     model = clip.CLIPModel(cfg, rngs=nnx.Rngs(3))
-    px = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
-    ids = np.array([[1, 5, 9, 999, 0]], np.int32)
+    # Batch 4 splits evenly over the mesh's data axes (data x fsdp = 4) below.
+    px = np.random.default_rng(0).standard_normal((4, 32, 32, 3)).astype(np.float32)
+    ids = np.array([[1, 5, 9, 999, 0], [1, 7, 999, 0, 0], [1, 999, 0, 0, 0], [1, 4, 4, 4, 999]], np.int32)
     expected_img, expected_txt = encode(model, px, ids)
 
     checkpointer = ocp.StandardCheckpointer()
