@@ -20,6 +20,9 @@ CASES = {
                           original_max_position_embeddings=16), rope_theta=500000.0)),
     "llama_linear_rope": (transformers.LlamaConfig, dict(
         num_key_value_heads=1, rope_scaling=dict(rope_type="linear", factor=2.0))),
+    # positions run past max_position_embeddings=6, so the dynamic NTK base actually grows
+    "llama_dynamic_rope": (transformers.LlamaConfig, dict(
+        num_key_value_heads=2, max_position_embeddings=6, rope_scaling=dict(rope_type="dynamic", factor=2.0))),
     "qwen2_gqa_tied": (transformers.Qwen2Config, dict(num_key_value_heads=2, tie_word_embeddings=True)),
 }
 HF_MODEL = {transformers.LlamaConfig: transformers.LlamaForCausalLM, transformers.Qwen2Config: transformers.Qwen2ForCausalLM}
