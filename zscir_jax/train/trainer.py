@@ -150,7 +150,7 @@ def train(config, run_dir: str, mesh):
         for s in range(start, tc.steps):
             batch = next(data)
             if train_step is None:
-                train_step = step_lib.make_train_step(method, config, ts, mesh, step_lib.batch_spec_of(batch))
+                train_step = _compiled_step(method, config, ts, mesh, step_lib.batch_spec_of(batch))
             with jax.set_mesh(mesh):
                 state, metrics = train_step(state, sharding.global_batch(mesh, batch))
             ok = jnp.isfinite(metrics["loss"])
@@ -186,6 +186,19 @@ def train(config, run_dir: str, mesh):
         ckpt.close()
         writer.flush()
     return ts.model(state)
+
+
+_STEP_CACHE: dict = {}
+
+
+def _compiled_step(method, config, ts, mesh, spec):
+    """One jitted step per (model/loss/optimizer config, mesh, batch layout): reruns in a notebook or a test reuse it."""
+    key = (config.method, config.seed, config.train.steps, config.model.to_json(), config.loss.to_json(),
+           config.optim.to_json(), mesh.shape_tuple, tuple(d.id for d in mesh.devices.flat),
+           tuple(sorted((k, v[0], str(v[1])) for k, v in spec.items())))
+    if key not in _STEP_CACHE:
+        _STEP_CACHE[key] = step_lib.make_train_step(method, config, ts, mesh, spec)
+    return _STEP_CACHE[key]
 
 
 def _append_jsonl(path, row):
