@@ -385,7 +385,7 @@ def from_pretrained(path: str, *, dtype=jnp.float32, param_dtype=jnp.float32) ->
     has_head = any(llama_weights.is_lm_head(name) for name in tensors)
     if not has_head and not cfg.tie_word_embeddings:
         cfg = dataclasses.replace(cfg, has_lm_head=False)
-    abstract = nnx.eval_shape(lambda: LLM(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
+    abstract = loader.abstract_model(lambda: LLM(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
     return loader.load_state(
         abstract, tensors, llama_weights.rules(), ignore=llama_weights.ignore(cfg.tie_word_embeddings), source=path
     )

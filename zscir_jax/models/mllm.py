@@ -165,7 +165,7 @@ def from_pretrained(path: str, *, dtype=jnp.float32, param_dtype=jnp.float32) ->
         )
     cfg = MLLMConfig.from_hf_dict(loader.read_json(os.path.join(path, "config.json")))
     tensors = loader.LazyTensors(loader.safetensors_files(path))
-    abstract = nnx.eval_shape(lambda: MLLM(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
+    abstract = loader.abstract_model(lambda: MLLM(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
     return loader.load_state(abstract, tensors, llava_weights.rules(),
                              ignore=llava_weights.ignore(cfg.text.tie_word_embeddings), source=path)
 

@@ -9,7 +9,6 @@ import json
 import os
 import re
 
-import jax
 import jax.numpy as jnp
 from flax import nnx
 
@@ -62,7 +61,7 @@ def load_clip(path: str, *, dtype=jnp.float32, param_dtype=jnp.float32) -> clip.
 
         cfg, tensors = openclip.read_as_hf(path)
         source = f"{path} (OpenCLIP layout)"
-    abstract = abstract_model(lambda: clip.CLIPModel(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
+    abstract = loader.abstract_model(lambda: clip.CLIPModel(cfg, dtype=dtype, param_dtype=param_dtype, rngs=nnx.Rngs(0)))
     return loader.load_state(abstract, tensors, rules(), ignore=IGNORE, source=source)
 
 
@@ -75,24 +74,11 @@ def load_vision(path: str, *, dtype=jnp.float32, param_dtype=jnp.float32) -> cli
         )
     d = loader.read_json(os.path.join(path, "config.json"))
     cfg = clip.CLIPVisionConfig.from_hf_dict(d.get("vision_config", d))
-    abstract = abstract_model(lambda: clip.CLIPVisionModel(cfg, dtype=dtype, param_dtype=param_dtype,
+    abstract = loader.abstract_model(lambda: clip.CLIPVisionModel(cfg, dtype=dtype, param_dtype=param_dtype,
                                                            rngs=nnx.Rngs(0)))
     skip = IGNORE + (r"text_model\..*", r"(text|visual)_projection\..*", r"logit_scale")
     return loader.load_state(abstract, loader.LazyTensors(loader.safetensors_files(path)), rules(), ignore=skip,
                              source=path)
-
-
-def abstract_model(build):
-    """``build()`` evaluated abstractly; inside an active mesh every leaf carries its target ``NamedSharding``.
-
-    ``nnx.get_abstract_model`` keeps the shardings in both NNX graph and tree mode (``nnx.eval_shape`` drops them in
-    tree mode), so it is used whenever a mesh is active.
-    """
-    mesh = jax.sharding.get_mesh()
-    if mesh.empty:
-        return nnx.eval_shape(build)
-    graphdef, state = nnx.get_abstract_model(build, mesh)
-    return nnx.merge(graphdef, state)
 
 
 def strip_prefix(tensors, prefix: str) -> dict:

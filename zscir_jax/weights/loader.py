@@ -166,6 +166,19 @@ def _place(array: Array, target: jax.ShapeDtypeStruct) -> jax.Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
+def abstract_model(build):
+    """``build()`` evaluated abstractly; inside an active mesh every leaf carries its target ``NamedSharding``.
+
+    ``nnx.get_abstract_model`` keeps the shardings in both NNX graph and tree mode (``nnx.eval_shape`` drops them in
+    tree mode), so it is used whenever a mesh is active.
+    """
+    mesh = jax.sharding.get_mesh()
+    if mesh.empty:
+        return nnx.eval_shape(build)
+    graphdef, state = nnx.get_abstract_model(build, mesh)
+    return nnx.merge(graphdef, state)
+
+
 def load_state(
     abstract_model: nnx.Module,
     tensors: Mapping[str, Array],
