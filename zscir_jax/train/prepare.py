@@ -1,0 +1,75 @@
+"""The demo's preparation stages (``config.prepare``): everything a run needs that no download can give offline.
+
+1. build the synthetic scenes benchmark (official CIRR layout) in ``<workdir>/scenes``
+2. synthesise training triplets from its train image-caption pairs with the rule-based generator
+3. train a word tokenizer on the train captions and triplet texts
+4. warm up a tiny CLIP contrastively on the train pairs (``config.warmup``), standing in for a pretrained VLM, and
+   export it to ``<workdir>/clip_pretrain/export``
+Then ``config`` points at what was made (clip_path, tokenizer, triplets, benchmark). Every stage is skipped when
+its output already exists, and the warm-up resumes from its checkpoints, so a rerun of the demo is cheap.
+"""
+from __future__ import annotations
+
+import os
+
+import jax
+from absl import logging
+
+
+def run(config, workdir: str) -> None:
+    from zscir_jax import sharding
+    from zscir_jax.data import scenes, tokenizer, triplets
+    from zscir_jax.methods import base
+    from zscir_jax.synthesis import rule_based
+    from zscir_jax.train import trainer
+
+    p = config.prepare
+    root = os.path.join(workdir, "scenes")
+    scenes.build(root, num_train=p.num_train, num_val_queries=p.num_val_queries, num_test_queries=p.num_test_queries,
+                 image_size=p.render_size, seed=config.seed)
+    pairs = scenes.train_pairs(root)
+
+    triplet_path = os.path.join(workdir, "triplets", "rule_based.jsonl")
+    if not os.path.isfile(triplet_path):
+        records = rule_based.generate(root, seed=config.seed, max_per_image=p.triplets_per_image)
+        logging.info("rule-based synthesis: %s", getattr(records, "stats", len(records)))
+        if jax.process_index() == 0:
+            triplets.write_jsonl(records, triplet_path)
+    records = triplets.read_jsonl(triplet_path)
+
+    tok_dir = os.path.join(workdir, "tokenizer")
+    if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+        texts = [c for _, c in pairs] + [t for r in records for t in _texts(r)]
+        tokenizer.build_word_tokenizer(texts, tok_dir, max_length=config.data.max_length)
+    tok = tokenizer.Tokenizer.from_dir(tok_dir, config.data.max_length)
+
+    config.data.tokenizer = tok_dir
+    config.data.triplets = triplet_path
+    config.data.pairs_root = root
+    config.eval.benchmark = root
+    tiny = config.model.clip_tiny
+    tiny.vocab_size, tiny.eos_token_id, tiny.max_length = tok.vocab_size, tok.eos_token_id, config.data.max_length
+
+    if config.get("warmup") and config.warmup.train.steps > 0:
+        export = os.path.join(workdir, "clip_pretrain", "export")
+        if not os.path.isfile(os.path.join(export, base.EXPORT_MARKER)):
+            w = config.copy_and_resolve_references()
+            w.unlock()
+            w.method = "clip_pretrain"
+            w.model.clip_path = ""
+            w.optim = config.warmup.optim
+            w.train = config.warmup.train
+            w.data.source = "pairs"
+            w.eval.benchmark = ""
+            model = trainer.train(w, os.path.join(workdir, "clip_pretrain"), sharding.make_mesh(tuple(config.mesh.shape)))
+            base.export_towers(model, export)
+        config.model.clip_path = export
+
+
+def _texts(record) -> list[str]:
+    out = []
+    for field in ("modification_text", "target_text", "caption"):
+        v = getattr(record, field, None)
+        if isinstance(v, str):
+            out.append(v)
+    return out
