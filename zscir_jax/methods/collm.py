@@ -1,0 +1,185 @@
+"""CoLLM: an (M)LLM as the joint embedder of (reference image, modification text), trained on triplets built on the
+fly from image-caption pairs.
+
+Query side: the reference image goes through a CLIP vision tower and a projector into LLM image tokens; the
+modification text tokens follow; the LLM's last real token's hidden state (``llm.last_token_pool``) is mapped by a
+linear ``projection`` into the image-embedding space of a FROZEN CLIP. Gallery side: that CLIP's ``encode_image``.
+
+Training (``BATCH = "pairs"``), all inside the jitted loss on the global batch of (image, caption) pairs:
+  1. the captions are embedded by the frozen CLIP text tower;
+  2. each image i is paired with the OTHER image j whose caption is most similar (diagonal masked);
+  3. the modification text is rule-based: ``[BOS] + prefix + caption_j tokens`` where ``prefix`` is the token ids of
+     ``config.model.collm.prefix_text`` (default "change it to"), tokenised once at build time. Row j's ids are
+     gathered and shifted right by ``len(prefix)`` so every shape stays static (length L + len(prefix));
+  4. InfoNCE of query (image_i, modification_ij) against every image of the batch, the positive being image j.
+     Scoring against the batch's images (label j) rather than against ``target[j]`` rows avoids false negatives
+     when two queries pick the same target, and keeps the reference image i as a hard negative.
+The paper lets an LLM write the modification from the two captions (its MTCIR-style generation, e.g. with
+``llm.generate`` on a prompt holding both captions); that is the configurable alternative when a generator model is
+given. It is NOT implemented here: only the rule above is.
+
+Modes (``config.model.collm.mode``):
+  "frozen"  the LLM is frozen; the image projector and the output projection are trained;
+  "lora"    LoRA adapters (rank / alpha / targets from ``config.model.collm.lora``) on the LLM; only the adapters and
+            the output projection are trained.
+Freezing goes through the optimizer's regex groups: use :data:`GROUPS` and :func:`frozen_labels` for
+``config.optim.groups`` / ``config.optim.frozen`` (configs/collm_demo.py does).
+
+The LLM here is random (``config.model.collm.llm`` sizes) and shares the text tokenizer's vocabulary with the CLIP
+(the ids the evaluator feeds to ``encode_query`` go straight into the LLM); a pretrained LLaVA would need its own
+tokenizer on the query side, which the method surface does not carry yet.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from zscir_jax.methods import base, losses
+from zscir_jax.models import clip, llm, lora, mllm
+from zscir_jax.models.fusion import l2_normalize
+
+BATCH = "pairs"
+
+# Parameter paths -> optimizer labels (first match wins).
+GROUPS = (
+    (r"mllm/llm/.*/lora_[ab](/.*)?", "lora"),  # (/.*)?: jax key paths end in /value
+    (r"mllm/llm/.*", "llm"),
+    (r"mllm/multi_modal_projector/.*", "projector"),
+    (r"mllm/vision_tower/.*", "image_tower"),  # a copy of the frozen CLIP's vision tower
+    (r"projection/.*", "projection"),
+    (r"clip/(text_model|text_projection)(/.*)?", "text_tower"),
+    (r"clip/.*", "image_tower"),
+)
+_FROZEN = {"frozen": ("llm", "image_tower", "text_tower"),
+           "lora": ("llm", "projector", "image_tower", "text_tower")}
+
+
+def frozen_labels(mode: str) -> tuple[str, ...]:
+    """The optimizer labels (of :data:`GROUPS`) that ``mode`` never updates."""
+    if mode not in _FROZEN:
+        raise ValueError(f"config.model.collm.mode must be one of {sorted(_FROZEN)}, got {mode!r}")
+    return _FROZEN[mode]
+
+
+class CoLLM(nnx.Module):
+    def __init__(self, towers: clip.CLIPModel, mm: mllm.MLLM, prefix_ids: tuple[int, ...], has_bos: bool, *,
+                 rngs: nnx.Rngs, dtype, param_dtype):
+        self.clip = towers
+        self.mllm = mm
+        d_llm, d_img = mm.config.text.hidden_size, towers.config.projection_dim
+        self.projection = nnx.Linear(d_llm, d_img, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
+                                     kernel_init=nnx.with_partitioning(nnx.initializers.normal(0.02),
+                                                                       ("embed", "proj")))
+        self.prefix_ids = tuple(int(i) for i in prefix_ids)  # static: part of the graph, not a parameter
+        self.has_bos = bool(has_bos)
+
+    def query(self, ref_pixels, text_ids, text_mask):
+        """[B, D_img] L2-normalised joint embedding of (image, text): image tokens first, then the text."""
+        B = text_ids.shape[0]
+        T = self.mllm.config.image_seq_length
+        image_ids = jnp.full((B, T), self.mllm.config.image_token_id, text_ids.dtype)
+        ids = jnp.concatenate([image_ids, text_ids], axis=1)
+        mask = jnp.concatenate([jnp.ones((B, T), text_mask.dtype), text_mask], axis=1)
+        hidden = self.mllm.hidden_states(ids, ref_pixels, mask)
+        return l2_normalize(self.projection(llm.last_token_pool(hidden, mask)))
+
+    def image(self, pixels):
+        return l2_normalize(self.clip.encode_image(pixels))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Build
+
+
+def _settings(config):
+    return config.model.collm
+
+
+def prefix_ids(config) -> tuple[int, ...]:
+    """``config.model.collm.prefix_ids`` if given, else the tokenizer's ids of ``prefix_text`` (no special tokens)."""
+    c = _settings(config)
+    if c.get("prefix_ids"):
+        return tuple(int(i) for i in c.prefix_ids)
+    from zscir_jax.train import trainer  # the one place that knows which tokenizer a config uses
+
+    tok = trainer.tokenizer_for(config)
+    return tuple(int(i) for i in tok.hf(c.prefix_text, add_special_tokens=False)["input_ids"])
+
+
+def build(config, rngs: nnx.Rngs) -> CoLLM:
+    c = _settings(config)
+    dtype, param_dtype = base.dtypes(config)
+    towers = base.build_towers(config, rngs)
+    vocab = towers.config.text.vocab_size  # the LLM reads the same token ids as the CLIP text tower
+    text_cfg = llm.LLMConfig.tiny(vocab_size=vocab, **dict(c.llm))
+    mm_cfg = mllm.MLLMConfig(vision=towers.config.vision, text=text_cfg, image_token_id=vocab)  # outside the vocab
+    mm = mllm.MLLM(mm_cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    # LLaVA's vision tower IS a CLIP: start it from the frozen CLIP's (copied, so the module tree has no sharing).
+    nnx.update(mm.vision_tower.vision_model, nnx.state(towers.vision_model))
+    if c.mode == "lora":
+        lc = c.lora
+        lora.apply(mm.llm, rank=lc.rank, alpha=lc.alpha, dropout=lc.get("dropout", 0.0), targets=tuple(lc.targets),
+                   rngs=rngs)
+    else:
+        frozen_labels(c.mode)  # validates the name
+    return CoLLM(towers, mm, prefix_ids(config), c.get("has_bos", True), rngs=rngs, dtype=dtype,
+                 param_dtype=param_dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# On-the-fly triplets
+
+
+def pair_by_caption(caption_emb: jax.Array) -> jax.Array:
+    """[B] index of each row's most similar OTHER row (cosine), i.e. the target image of reference i."""
+    e = l2_normalize(caption_emb.astype(jnp.float32))
+    sim = e @ e.T
+    sim = jnp.where(jnp.eye(sim.shape[0], dtype=bool), -jnp.inf, sim)
+    return jnp.argmax(sim, axis=-1)
+
+
+def modification(text_ids, text_mask, target_index, prefix: tuple[int, ...], has_bos: bool = True):
+    """Rule-based modification tokens ``[BOS] + prefix + caption_j`` for every row, as ([B, L+P], [B, L+P]).
+
+    Caption j's ids are gathered and shifted right by P = len(prefix) behind the kept BOS: a static-shape re-pad.
+    """
+    ids, mask = text_ids[target_index], text_mask[target_index]
+    B, L = ids.shape
+    P = len(prefix)
+    start = 1 if has_bos else 0  # prefix goes after the BOS token when captions carry one
+    pos = jnp.arange(L + P)
+    src = jnp.where(pos < start, pos, jnp.clip(pos - P, 0, L - 1))  # where each output token comes from
+    in_prefix = (pos >= start) & (pos < start + P)
+    prefix_row = jnp.asarray(prefix if P else (0,), ids.dtype)[jnp.clip(pos - start, 0, max(P - 1, 0))]
+    out_ids = jnp.where(in_prefix[None], prefix_row[None], ids[:, src])
+    out_mask = jnp.where(in_prefix[None], 1, mask[:, src]).astype(text_mask.dtype)
+    return out_ids, out_mask
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The method surface
+
+
+def loss(model: CoLLM, batch, config, rngs=None):
+    pixels, ids, mask = batch["pixels"], batch["text_ids"], batch["text_mask"]
+    # The frozen CLIP only proposes pairs and targets: no gradient flows into it.
+    captions = jax.lax.stop_gradient(model.clip.encode_text(ids, mask))
+    images = jax.lax.stop_gradient(model.image(pixels))
+    j = pair_by_caption(captions)
+    mod_ids, mod_mask = modification(ids, mask, j, model.prefix_ids, model.has_bos)
+    query = model.query(pixels, mod_ids, mod_mask)
+    log_p = jax.nn.log_softmax(losses.cosine_logits(query, images, config.loss.temperature), axis=-1)
+    log_pt = jnp.take_along_axis(log_p, j[:, None], axis=1)[:, 0]
+    metrics = {"batch_recall@1": jnp.mean((jnp.argmax(log_p, -1) == j).astype(jnp.float32)),
+               "mean_log_pt": jnp.mean(log_pt),
+               "pair_caption_sim": jnp.mean(jnp.sum(l2_normalize(captions) * l2_normalize(captions[j]), -1))}
+    return -jnp.mean(log_pt), metrics
+
+
+def encode_query(model: CoLLM, ref_pixels, text_ids, text_mask):
+    return model.query(ref_pixels, text_ids, text_mask)
+
+
+def encode_image(model: CoLLM, pixels):
+    return model.image(pixels)
