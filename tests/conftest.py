@@ -6,6 +6,14 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 if "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 
+# Compiled programs are cached on disk and shared by every test and the subprocesses some tests start (resume,
+# multi-process), which compile the same steps again; only compilations slower than 0.3 s are worth a file.
+os.environ.setdefault(
+    "JAX_COMPILATION_CACHE_DIR",
+    os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".pytest_cache", "jax_compilation"),
+)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.3")
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
