@@ -27,7 +27,7 @@ def get_config(arg=None):
     c.model.fusion.update(heads=4, num_prompts=8, mlp_ratio=2, combiner_ratio=1, dropout=0.1)
     c.loss.temperature = 0.05  # a tiny model's features are less peaked than CLIP's
     c.optim.update(lr=dict(fusion=1e-3, text_tower=1e-4, image_tower=1e-4), finetune="text", warmup_steps=20)
-    c.train.update(steps=30 if smoke else 600, batch_size=64, log_every=10 if smoke else 50,
+    c.train.update(steps=30 if smoke else 1500, batch_size=64, log_every=10 if smoke else 50,
                    checkpoint_every=10_000)
 
     c.warmup = ml_collections.ConfigDict()
