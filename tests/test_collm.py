@@ -17,6 +17,10 @@ from zscir_jax.methods import collm  # noqa: E402
 from zscir_jax.train import fake_data, optimizer, step as step_lib, trainer  # noqa: E402
 
 
+def _mesh():
+    return sharding.make_mesh((-1, 1, 1), devices=jax.devices()[:1])  # one device: compiles fastest on CPU
+
+
 def _batch(c, seed=0):
     t = c.model.clip_tiny
     d = fake_data.RandomTriplets(batch_size=c.train.batch_size, image_size=t.image_size, max_length=t.max_length,
@@ -26,10 +30,10 @@ def _batch(c, seed=0):
 
 def test_surface_shapes():
     c = collm_demo.tiny("lora")
-    model = collm.build(c, nnx.Rngs(0))
+    model = nnx.jit(lambda: collm.build(c, nnx.Rngs(0)))()
     b = _batch(c)
-    q = collm.encode_query(model, b["pixels"], b["text_ids"], b["text_mask"])
-    g = collm.encode_image(model, b["pixels"])
+    q = nnx.jit(collm.encode_query)(model, b["pixels"], b["text_ids"], b["text_mask"])
+    g = nnx.jit(collm.encode_image)(model, b["pixels"])
     dim = model.clip.config.projection_dim
     assert q.shape == (8, dim) and g.shape == (8, dim)
     np.testing.assert_allclose(np.linalg.norm(q, axis=-1), 1.0, rtol=1e-5)
@@ -59,7 +63,7 @@ def test_modification_is_bos_prefix_target_caption():
 
 def _state_and_step(mode, steps=10):
     c = collm_demo.tiny(mode)
-    mesh = sharding.make_mesh((-1, 1, 1))
+    mesh = _mesh()
     tx, _ = optimizer.make(c.optim, steps)
     ts = step_lib.build(collm, c, mesh, tx)
     batch = _batch(c)
@@ -96,9 +100,9 @@ def test_training_lowers_loss_and_trains_only_its_params(mode, trained):
 def test_trainer_runs_collm_from_config(tmp_path, monkeypatch):
     monkeypatch.setitem(methods.REGISTRY, "collm", collm)  # until the registry lists it
     c = collm_demo.tiny("lora")
-    c.train.update(steps=3)
+    c.train.update(steps=2, async_checkpoints=False)
     run_dir = str(tmp_path / "collm")
-    model = trainer.train(c, run_dir, sharding.make_mesh((-1, 1, 1)))
+    model = trainer.train(c, run_dir, _mesh())
     metrics = trainer.read_metrics(run_dir)
-    assert sorted(metrics) == [1, 2, 3] and all(np.isfinite(m["loss"]) for m in metrics.values())
+    assert sorted(metrics) == [1, 2] and all(np.isfinite(m["loss"]) for m in metrics.values())
     assert isinstance(model, collm.CoLLM)
