@@ -27,14 +27,16 @@ def base(mode: str = "lora") -> ml_collections.ConfigDict:
         mode=mode,
         llm=dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2),
         lora=dict(rank=8, alpha=16.0, dropout=0.0, targets=("q_proj", "k_proj", "v_proj", "o_proj")),
-        prefix_text="change it to",  # the rule-based modification is prefix_text + the target's caption
+        prefix_text="change it to",  # the rule-based modification is prefix_text + (part of) the target's caption
+        rule="difference",  # "difference": target-caption words the reference caption lacks; "caption": all of it
         prefix_ids=(),  # explicit ids instead of tokenising prefix_text (tests)
         has_bos=True,  # captions start with a BOS token; the prefix goes after it
     ))
     c.loss = ml_collections.ConfigDict(dict(name="info_nce", temperature=0.05))
-    c.optim.update(groups=collm_lib.GROUPS, finetune="both", frozen=collm_lib.frozen_labels(mode),
-                   lr=dict(lora=1e-3, llm=0.0, projector=1e-3, projection=1e-3, image_tower=0.0, text_tower=0.0),
-                   clip_norm=1.0)
+    c.optim.update(groups=collm_lib.GROUPS, finetune="both", frozen=collm_lib.frozen_labels(mode), clip_norm=1.0)
+    # Frozen labels are never updated whatever their rate; 0.0 keeps the table complete.
+    c.optim.lr = ml_collections.ConfigDict(dict(lora=1e-3, llm=0.0, projector=1e-3, projection=1e-3,
+                                                image_tower=0.0, text_tower=0.0))
     c.data.source = "pairs"
     return c
 

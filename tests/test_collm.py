@@ -61,6 +61,16 @@ def test_modification_is_bos_prefix_target_caption():
     assert out.tolist()[0] == [7, 1, 20, 2, 0, 0]
 
 
+def test_difference_rule_keeps_only_new_target_words():
+    ids = jnp.array([[1, 10, 11, 12, 2, 0], [1, 10, 13, 12, 2, 0], [1, 10, 11, 12, 2, 0]], jnp.int32)
+    mask = (ids > 0).astype(jnp.int32)
+    out, m = collm.modification(ids, mask, jnp.array([1, 0, 0]), (7, 8), rule="difference")
+    assert out.tolist()[0] == [1, 7, 8, 13, 2, 0, 0, 0]  # "13" is new in the target; 10 and 12 are shared
+    assert out.tolist()[1] == [1, 7, 8, 11, 2, 0, 0, 0]
+    assert out.tolist()[2] == [1, 7, 8, 2, 0, 0, 0, 0]  # identical captions: only the prefix remains
+    assert m.tolist()[2] == [1, 1, 1, 1, 0, 0, 0, 0]
+
+
 def _state_and_step(mode, steps=10):
     c = collm_demo.tiny(mode)
     mesh = _mesh()

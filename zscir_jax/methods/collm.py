@@ -8,9 +8,11 @@ linear ``projection`` into the image-embedding space of a FROZEN CLIP. Gallery s
 Training (``BATCH = "pairs"``), all inside the jitted loss on the global batch of (image, caption) pairs:
   1. the captions are embedded by the frozen CLIP text tower;
   2. each image i is paired with the OTHER image j whose caption is most similar (diagonal masked);
-  3. the modification text is rule-based: ``[BOS] + prefix + caption_j tokens`` where ``prefix`` is the token ids of
-     ``config.model.collm.prefix_text`` (default "change it to"), tokenised once at build time. Row j's ids are
-     gathered and shifted right by ``len(prefix)`` so every shape stays static (length L + len(prefix));
+  3. the modification text is rule-based (``config.model.collm.rule``): ``[BOS] + prefix + tokens`` where
+     ``prefix`` is the token ids of ``config.model.collm.prefix_text`` (default "change it to"), tokenised once at
+     build time, and ``tokens`` are caption j's tokens that caption i lacks ("difference", default) or all of
+     caption j ("caption"). Row j's ids are gathered, packed by a stable sort and shifted right by ``len(prefix)``,
+     so every shape stays static (length L + len(prefix));
   4. InfoNCE of query (image_i, modification_ij) against every image of the batch, the positive being image j.
      Scoring against the batch's images (label j) rather than against ``target[j]`` rows avoids false negatives
      when two queries pick the same target, and keeps the reference image i as a hard negative.
@@ -63,7 +65,8 @@ def frozen_labels(mode: str) -> tuple[str, ...]:
 
 
 class CoLLM(nnx.Module):
-    def __init__(self, towers: clip.CLIPModel, mm: mllm.MLLM, prefix_ids: tuple[int, ...], has_bos: bool, *,
+    def __init__(self, towers: clip.CLIPModel, mm: mllm.MLLM, prefix_ids: tuple[int, ...], has_bos: bool,
+                 rule: str = "difference", *,
                  rngs: nnx.Rngs, dtype, param_dtype):
         self.clip = towers
         self.mllm = mm
@@ -73,6 +76,7 @@ class CoLLM(nnx.Module):
                                                                        ("embed", "proj")))
         self.prefix_ids = tuple(int(i) for i in prefix_ids)  # static: part of the graph, not a parameter
         self.has_bos = bool(has_bos)
+        self.rule = rule
 
     def query(self, ref_pixels, text_ids, text_mask):
         """[B, D_img] L2-normalised joint embedding of (image, text): image tokens first, then the text."""
@@ -115,16 +119,17 @@ def build(config, rngs: nnx.Rngs) -> CoLLM:
     text_cfg = llm.LLMConfig.tiny(vocab_size=vocab, **dict(c.llm))
     mm_cfg = mllm.MLLMConfig(vision=towers.config.vision, text=text_cfg, image_token_id=vocab)  # outside the vocab
     mm = mllm.MLLM(mm_cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    # LLaVA's vision tower IS a CLIP: start it from the frozen CLIP's (copied, so the module tree has no sharing).
-    nnx.update(mm.vision_tower.vision_model, nnx.state(towers.vision_model))
+    # LLaVA's vision tower IS a CLIP: start it from the frozen CLIP's. Copied arrays (jnp.copy), so the module tree
+    # shares nothing: an eager build (clip_path set) would otherwise hand the train step one buffer twice to donate.
+    nnx.update(mm.vision_tower.vision_model, jax.tree.map(jnp.copy, nnx.state(towers.vision_model)))
     if c.mode == "lora":
         lc = c.lora
         lora.apply(mm.llm, rank=lc.rank, alpha=lc.alpha, dropout=lc.get("dropout", 0.0), targets=tuple(lc.targets),
                    rngs=rngs)
     else:
         frozen_labels(c.mode)  # validates the name
-    return CoLLM(towers, mm, prefix_ids(config), c.get("has_bos", True), rngs=rngs, dtype=dtype,
-                 param_dtype=param_dtype)
+    return CoLLM(towers, mm, prefix_ids(config), c.get("has_bos", True), c.get("rule", "difference"), rngs=rngs,
+                 dtype=dtype, param_dtype=param_dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -139,12 +144,26 @@ def pair_by_caption(caption_emb: jax.Array) -> jax.Array:
     return jnp.argmax(sim, axis=-1)
 
 
-def modification(text_ids, text_mask, target_index, prefix: tuple[int, ...], has_bos: bool = True):
-    """Rule-based modification tokens ``[BOS] + prefix + caption_j`` for every row, as ([B, L+P], [B, L+P]).
+def difference_tokens(ids_ref, mask_ref, ids_tgt, mask_tgt, has_bos: bool = True):
+    """The target caption's tokens that the reference caption lacks, in order, left-packed: ([B, L], [B, L]).
 
-    Caption j's ids are gathered and shifted right by P = len(prefix) behind the kept BOS: a static-shape re-pad.
+    BOS and the last real token (EOS) of the target are always kept. A stable sort of the kept positions first is
+    the static-shape way to drop tokens.
     """
-    ids, mask = text_ids[target_index], text_mask[target_index]
+    B, L = ids_tgt.shape
+    pos = jnp.arange(L)
+    shared = jnp.any((ids_tgt[:, :, None] == ids_ref[:, None, :]) & (mask_ref[:, None, :] > 0), axis=-1)
+    last = jnp.sum(mask_tgt, axis=-1, keepdims=True) - 1
+    special = (pos[None] == last) | ((pos[None] == 0) & has_bos)
+    keep = (mask_tgt > 0) & (~shared | special)
+    order = jnp.argsort(jnp.where(keep, pos[None], L + pos[None]), axis=-1, stable=True)
+    ids = jnp.take_along_axis(jnp.where(keep, ids_tgt, 0), order, axis=-1)
+    return ids, jnp.take_along_axis(keep, order, axis=-1).astype(mask_tgt.dtype)
+
+
+def insert_prefix(ids, mask, prefix: tuple[int, ...], has_bos: bool = True):
+    """``[BOS] + prefix + rest`` for every row, as ([B, L+P], [B, L+P]): tokens shifted right by P = len(prefix)
+    behind the kept BOS, a static-shape re-pad by gather."""
     B, L = ids.shape
     P = len(prefix)
     start = 1 if has_bos else 0  # prefix goes after the BOS token when captions carry one
@@ -153,8 +172,24 @@ def modification(text_ids, text_mask, target_index, prefix: tuple[int, ...], has
     in_prefix = (pos >= start) & (pos < start + P)
     prefix_row = jnp.asarray(prefix if P else (0,), ids.dtype)[jnp.clip(pos - start, 0, max(P - 1, 0))]
     out_ids = jnp.where(in_prefix[None], prefix_row[None], ids[:, src])
-    out_mask = jnp.where(in_prefix[None], 1, mask[:, src]).astype(text_mask.dtype)
+    out_mask = jnp.where(in_prefix[None], 1, mask[:, src]).astype(mask.dtype)
     return out_ids, out_mask
+
+
+def modification(text_ids, text_mask, target_index, prefix: tuple[int, ...], has_bos: bool = True,
+                 rule: str = "caption"):
+    """Rule-based modification tokens for reference i -> target j = ``target_index[i]``:
+
+    "caption"     ``[BOS] + prefix + caption_j``
+    "difference"  ``[BOS] + prefix + (caption_j's tokens absent from caption_i)``: says what changes, so the
+                  reference image must supply what stays (the full caption lets a model ignore the image).
+    """
+    ids, mask = text_ids[target_index], text_mask[target_index]
+    if rule == "difference":
+        ids, mask = difference_tokens(text_ids, text_mask, ids, mask, has_bos)
+    elif rule != "caption":
+        raise ValueError(f"config.model.collm.rule must be 'caption' or 'difference', got {rule!r}")
+    return insert_prefix(ids, mask, prefix, has_bos)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -167,7 +202,7 @@ def loss(model: CoLLM, batch, config, rngs=None):
     captions = jax.lax.stop_gradient(model.clip.encode_text(ids, mask))
     images = jax.lax.stop_gradient(model.image(pixels))
     j = pair_by_caption(captions)
-    mod_ids, mod_mask = modification(ids, mask, j, model.prefix_ids, model.has_bos)
+    mod_ids, mod_mask = modification(ids, mask, j, model.prefix_ids, model.has_bos, model.rule)
     query = model.query(pixels, mod_ids, mod_mask)
     log_p = jax.nn.log_softmax(losses.cosine_logits(query, images, config.loss.temperature), axis=-1)
     log_pt = jnp.take_along_axis(log_p, j[:, None], axis=1)[:, 0]
