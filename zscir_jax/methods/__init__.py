@@ -2,7 +2,7 @@
 evaluator look a method up by name once and never branch on it."""
 from __future__ import annotations
 
-from zscir_jax.methods import baselines, clip_pretrain, pvlf, transagg
+from zscir_jax.methods import baselines, clip_pretrain, collm, pvlf, transagg
 
 REGISTRY = {
     "pvlf": pvlf,
@@ -11,6 +11,7 @@ REGISTRY = {
     "text_only": baselines.text_only,
     "image_plus_text": baselines.image_plus_text,
     "clip_pretrain": clip_pretrain,
+    "collm": collm,
 }
 
 

@@ -20,6 +20,7 @@ from flax import nnx
 
 from zscir_jax.models import clip, fusion
 from zscir_jax.models.fusion import l2_normalize
+from zscir_jax.weights import loader
 
 EXPORT_MARKER = "zscir_clip.json"  # a CLIP exported by this library (see export_towers)
 
@@ -93,7 +94,7 @@ def load_exported(path: str, *, dtype=jnp.float32, param_dtype=jnp.float32) -> c
 
     cfg = towers_config_from_path(path)
     # Restore into an abstract model whose shardings come from the active mesh and rules, not from the files.
-    abstract = nnx.eval_shape(lambda: clip.CLIPModel(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
+    abstract = loader.abstract_model(lambda: clip.CLIPModel(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
     graphdef, abstract_state = nnx.split(abstract)
     mesh = jax.sharding.get_mesh()
     if mesh is not None and not mesh.empty:
