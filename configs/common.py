@@ -123,3 +123,17 @@ def tiny(method: str = "pvlf") -> ml_collections.ConfigDict:
     c.train.update(steps=8, batch_size=8, log_every=1, checkpoint_every=4, progress_bar=False)
     c.optim.warmup_steps = 0
     return c
+
+
+def real_backbone(c: ml_collections.ConfigDict, arg=None) -> ml_collections.ConfigDict:
+    """Settings shared by the configs that train on a local CLIP checkpoint (whose size comes from its config.json)
+    and Laion-CIR triplets; ``arg="runlocal"`` makes a few-step smoke run."""
+    c.model.clip_path = ""
+    c.data.update(image_size=224, max_length=77, tokenizer="")
+    c.train.update(steps=8000, batch_size=64, log_every=50, checkpoint_every=1000)  # PVLF: batch 64
+    c.optim.warmup_steps = 500
+    c.eval.compare = ("image_only", "text_only", "image_plus_text")
+    if arg == "runlocal":
+        c.train.update(steps=10, batch_size=8, log_every=1, checkpoint_every=5)
+        c.eval.batch_size = 16
+    return c

@@ -16,13 +16,4 @@ import common  # noqa: E402
 
 
 def get_config(arg=None):
-    c = common.pvlf()
-    c.model.clip_path = ""
-    c.data.update(image_size=224, max_length=77, tokenizer="")
-    c.train.update(steps=8000, batch_size=64, log_every=50, checkpoint_every=1000)  # PVLF: batch 64
-    c.optim.warmup_steps = 500
-    c.eval.compare = ("image_only", "text_only", "image_plus_text")
-    if arg == "runlocal":
-        c.train.update(steps=10, batch_size=8, log_every=1, checkpoint_every=5)
-        c.eval.batch_size = 16
-    return c
+    return common.real_backbone(common.pvlf(), arg)
