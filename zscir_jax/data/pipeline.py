@@ -131,9 +131,12 @@ def _ensure_absl_flags() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def _build(source, transform, *, global_batch_size: int, seed: int, shuffle: bool, num_epochs: int | None,
-           process_index: int, process_count: int, worker_count: int, read_threads: int, prefetch_buffer_size: int,
-           drop_remainder: bool = True) -> grain.DatasetIterator:
+def _build(source, transform, stats: PipelineStats, *, global_batch_size: int, seed: int, shuffle: bool,
+           num_epochs: int | None, process_index: int | None, process_count: int | None, worker_count: int,
+           read_threads: int, prefetch_buffer_size: int, drop_remainder: bool = True) -> grain.DatasetIterator:
+    """The shared pipeline of both loaders; the iterator carries ``stats`` (records the transform skipped)."""
+    process_index = jax.process_index() if process_index is None else process_index
+    process_count = jax.process_count() if process_count is None else process_count
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} out of range for process_count {process_count}")
     if global_batch_size % process_count:
@@ -152,7 +155,9 @@ def _build(source, transform, *, global_batch_size: int, seed: int, shuffle: boo
     if worker_count > 0:
         _ensure_absl_flags()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-    return iter(it)
+    it = iter(it)
+    it.stats = stats
+    return it
 
 
 def _as_source(records_or_source):
@@ -184,13 +189,9 @@ def triplet_loader(records_or_source, *, global_batch_size: int, image_size: int
     """
     stats = stats if stats is not None else PipelineStats()
     transform = _TripletTransform(image_size, tokenizer, on_error, stats, image_root, mean, std)
-    it = _build(_as_source(records_or_source), transform, global_batch_size=global_batch_size, seed=seed,
-                shuffle=shuffle, num_epochs=num_epochs,
-                process_index=jax.process_index() if process_index is None else process_index,
-                process_count=jax.process_count() if process_count is None else process_count,
-                worker_count=worker_count, read_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size)
-    it.stats = stats
-    return it
+    return _build(_as_source(records_or_source), transform, stats, global_batch_size=global_batch_size, seed=seed,
+                  shuffle=shuffle, num_epochs=num_epochs, process_index=process_index, process_count=process_count,
+                  worker_count=worker_count, read_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size)
 
 
 def pair_loader(pairs: Sequence[tuple[str, str]], *, global_batch_size: int, image_size: int, tokenizer,
@@ -203,10 +204,6 @@ def pair_loader(pairs: Sequence[tuple[str, str]], *, global_batch_size: int, ima
     i32 [b,L] (CLIP contrastive warm-up, CoLLM's in-batch triplets). Same options as ``triplet_loader``."""
     stats = stats if stats is not None else PipelineStats()
     transform = _PairTransform(image_size, tokenizer, on_error, stats, image_root, mean, std)
-    it = _build([tuple(p) for p in pairs], transform, global_batch_size=global_batch_size, seed=seed,
-                shuffle=shuffle, num_epochs=num_epochs,
-                process_index=jax.process_index() if process_index is None else process_index,
-                process_count=jax.process_count() if process_count is None else process_count,
-                worker_count=worker_count, read_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size)
-    it.stats = stats
-    return it
+    return _build([tuple(p) for p in pairs], transform, stats, global_batch_size=global_batch_size, seed=seed,
+                  shuffle=shuffle, num_epochs=num_epochs, process_index=process_index, process_count=process_count,
+                  worker_count=worker_count, read_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size)

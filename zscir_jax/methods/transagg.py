@@ -3,22 +3,5 @@ text read at EOT and the image at CLS, three raw (un-softmaxed) weights from Lin
 
 Architecturally PVLF with one shallow prompt; the differences live in the config (configs/common.py ``transagg``).
 """
-from zscir_jax.methods import base
-
-BATCH = "triplets"
-
-
-def build(config, rngs):
-    return base.build_fusion_retriever(config, rngs)
-
-
-def loss(model, batch, config, rngs=None):
-    return base.fusion_loss(model, batch, config, rngs)
-
-
-def encode_query(model, ref_pixels, text_ids, text_mask):
-    return model.query(ref_pixels, text_ids, text_mask)
-
-
-def encode_image(model, pixels):
-    return model.image(pixels)
+# Same model, loss and encoders as PVLF: only the config differs, so the surface is PVLF's own.
+from zscir_jax.methods.pvlf import BATCH, build, encode_image, encode_query, loss  # noqa: F401
