@@ -1,8 +1,8 @@
 """Text tokenization for the pipeline: a word-level tokenizer built from a corpus (the demo has no pretrained one)
 and a small wrapper that pads / truncates any HF tokenizer directory to fixed-length int32 arrays.
 
-The wrapper has the call signature of ``models.clip.CLIPTokenizer`` (``tok(texts) -> (ids, mask)``), so the
-pipeline takes either.
+The wrapper is also what ``models.clip.load_tokenizer`` returns (``tok(texts) -> (ids, mask)``): the pipeline and
+the CLIP towers share one tokenizer type.
 """
 from __future__ import annotations
 

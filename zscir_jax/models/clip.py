@@ -418,36 +418,14 @@ def from_pretrained(path: str, *, dtype: Dtype = jnp.float32, param_dtype: Dtype
     return clip_weights.load_clip(path, dtype=dtype, param_dtype=param_dtype)
 
 
-class CLIPTokenizer:
-    """The checkpoint's own tokenizer (through transformers), padded and truncated to the model's context length."""
-
-    def __init__(self, hf_tokenizer, max_length: int):
-        self.hf = hf_tokenizer
-        self.max_length = max_length
-
-    @property
-    def eos_token_id(self) -> int:
-        return self.hf.eos_token_id
-
-    @property
-    def pad_token_id(self) -> int:
-        return self.hf.pad_token_id if self.hf.pad_token_id is not None else self.hf.eos_token_id
-
-    def __call__(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        enc = self.hf(list(texts), padding="max_length", truncation=True, max_length=self.max_length,
-                      return_tensors="np")
-        return enc["input_ids"].astype(np.int32), enc["attention_mask"].astype(np.int32)
-
-
-def load_tokenizer(path: str, max_length: int | None = None) -> CLIPTokenizer:
-    """Tokenizer files from a local checkpoint directory (``tokenizer.json`` or ``vocab.json`` + ``merges.txt``)."""
-    from transformers import AutoTokenizer
+def load_tokenizer(path: str, max_length: int | None = None):
+    """The checkpoint's own tokenizer files (``tokenizer.json`` or ``vocab.json`` + ``merges.txt``) through
+    transformers, padded and truncated to the text tower's context length: a ``zscir_jax.data.tokenizer.Tokenizer``."""
+    from zscir_jax.data import tokenizer
 
     if not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer directory {path!r} does not exist")
-    if max_length is None:
-        max_length = _context_length(path)
-    return CLIPTokenizer(AutoTokenizer.from_pretrained(path), max_length)
+    return tokenizer.Tokenizer.from_dir(path, _context_length(path) if max_length is None else max_length)
 
 
 def _context_length(path: str) -> int:
