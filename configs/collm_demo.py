@@ -64,6 +64,5 @@ def get_config(arg=None):
     c.data.update(image_size=32, max_length=24, pairs_root="")
     c.optim.update(warmup_steps=20)
     c.train.update(steps=30 if smoke else 400, batch_size=64, log_every=10 if smoke else 50, checkpoint_every=10_000)
-    c.eval.update(compare=("image_only", "text_only", "image_plus_text"), untrained=True, batch_size=64,
-                  table_metrics=("recall@1", "recall@5", "recall@10", "recall_subset@1", "recall_avg"))
+    c.evals, c.eval = d.evals, d.eval
     return c

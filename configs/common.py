@@ -19,6 +19,8 @@ def base(method: str = "pvlf") -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.method = method
     c.seed = 0
+    c.mode = "train"  # "train" (train or resume, then evaluate) | "eval" (restore and evaluate, no training)
+    c.init_from = ""  # mode=eval: a checkpoint directory or a CLIP instead of the workdir's newest checkpoint
 
     # Mesh over all devices: (data, fsdp, model); -1 absorbs the rest. rules=None uses sharding.DEFAULT_RULES.
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), rules=None))
@@ -63,14 +65,15 @@ def base(method: str = "pvlf") -> ml_collections.ConfigDict:
         checkpoint_every=500,
         keep_checkpoints=3,
         async_checkpoints=True,
-        eval_every=0,  # 0: evaluate at the end only
         progress_bar=True,
     ))
 
     c.data = ml_collections.ConfigDict(dict(
         source="triplets",  # "triplets" (JSONL records) | "pairs" | "random" (synthetic arrays, tests)
-        triplets="",  # JSONL of TripletRecords (Laion-CIR converted with zscir_jax.data.triplets)
-        laion_format="",  # "" (our JSONL) | "template" | "llm": convert TransAgg's files on the fly
+        # One source or several, comma-separated, each optionally "format:path" (see zscir_jax.data.sources):
+        # "runs/t.jsonl", "template:laion_template_info.json,llm:laion_llm_info.json" (Laion-CIR-Combined).
+        triplets="",
+        laion_format="",  # default format of a source without a prefix: "" (by extension) | "template" | "llm"
         image_dir="",
         image_size=224,
         max_length=77,
@@ -79,17 +82,34 @@ def base(method: str = "pvlf") -> ml_collections.ConfigDict:
         on_error="raise",  # "raise" | "skip"
     ))
 
+    # Benchmarks, by name (zscir_jax.evaluation.suite): reader, root, split, options (reader keyword arguments),
+    # every (steps between evaluations during training; 0 = at the end only).
+    c.evals = ml_collections.ConfigDict()
+    # Settings shared by every evaluation.
     c.eval = ml_collections.ConfigDict(dict(
-        benchmark="",  # root of a benchmark in the official CIRR layout
-        split="val",
         batch_size=64,
         compare=(),  # other methods scored with the same towers, e.g. ("image_only", "text_only")
         untrained=False,  # also score the method at its initialisation
+        table_metrics=(),  # columns of the final tables; empty = each benchmark's usual ones
     ))
     return c
 
 
-def pvlf(**overrides) -> ml_collections.ConfigDict:
+def eval_entry(reader: str, root: str = "", split: str = "val", every: int = 0, **options) -> ml_collections.ConfigDict:
+    """One ``config.evals`` entry; ``options`` are the reader's keyword arguments."""
+    return ml_collections.ConfigDict(dict(reader=reader, root=root, split=split, every=every, options=options))
+
+
+def all_benchmarks(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """CIRR, FashionIQ (the three categories, CLIP4Cir's caption join) and CIRCO val; roots set by the user or, in
+    the demo, by its preparation."""
+    c.evals.cirr = eval_entry("cirr")
+    c.evals.fashioniq = eval_entry("fashioniq", categories=("dress", "shirt", "toptee"), caption_join="and")
+    c.evals.circo = eval_entry("circo")
+    return c
+
+
+def pvlf() -> ml_collections.ConfigDict:
     return base("pvlf")
 
 
@@ -133,6 +153,7 @@ def real_backbone(c: ml_collections.ConfigDict, arg=None) -> ml_collections.Conf
     c.train.update(steps=8000, batch_size=64, log_every=50, checkpoint_every=1000)  # PVLF: batch 64
     c.optim.warmup_steps = 500
     c.eval.compare = ("image_only", "text_only", "image_plus_text")
+    all_benchmarks(c)  # --config.evals.cirr.root=... etc.; an empty root is skipped with a warning
     if arg == "runlocal":
         c.train.update(steps=10, batch_size=8, log_every=1, checkpoint_every=5)
         c.eval.batch_size = 16

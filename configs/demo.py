@@ -5,7 +5,8 @@ r"""The CPU demo: zero-shot CIR end to end on a synthetic benchmark, no download
 
 Stages: build the scenes benchmark (CIRR layout) -> warm up a tiny CLIP on its train image-caption pairs (standing in
 for a pretrained VLM) -> synthesise triplets with the rule-based generator -> train PVLF on them (towers at a low
-learning rate) -> evaluate PVLF, PVLF untrained, image_only, text_only and image_plus_text on val; one table.
+learning rate) -> evaluate PVLF, PVLF untrained, image_only, text_only and image_plus_text on the scenes' val split in
+the CIRR, FashionIQ and CIRCO layouts; one table per layout.
 """
 import os
 import sys
@@ -38,6 +39,8 @@ def get_config(arg=None):
     c.warmup.train.update(steps=30 if smoke else 800, batch_size=64, log_every=10 if smoke else 100,
                           checkpoint_every=10_000)
 
+    common.all_benchmarks(c)  # roots filled in by the preparation stage
     c.eval.update(compare=("image_only", "text_only", "image_plus_text"), untrained=True, batch_size=64,
-                  table_metrics=("recall@1", "recall@5", "recall@10", "recall_subset@1", "recall_avg"))
+                  table_metrics=("recall@1", "recall@5", "recall@10", "recall_subset@1", "recall_avg",
+                                 "recall@50", "map@5", "map@10", "map@25", "map@50"))
     return c

@@ -2,7 +2,7 @@ r"""TRANSAGG on CLIP (openai/clip-vit-base-patch32), trained zero-shot on Laion-
 
     python -m zscir_jax.main --config configs/transagg_clip_b32.py --workdir /tmp/transagg_clip_b32 \
         --config.model.clip_path=/ckpt/clip-vit-base-patch32 --config.data.triplets=/data/laion_cir_combined.jsonl \
-        --config.data.image_dir=/data/laion_cir_images --config.eval.benchmark=/data/cirr
+        --config.data.image_dir=/data/laion_cir_images --config.evals.cirr.root=/data/cirr
     python -m zscir_jax.main --config configs/transagg_clip_b32.py:runlocal ...   # a few steps, small batch
 
 The checkpoint is a local transformers CLIP directory (`huggingface-cli download openai/clip-vit-base-patch32`); the triplets a JSONL of

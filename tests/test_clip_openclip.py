@@ -8,7 +8,8 @@ import transformers
 from safetensors.numpy import save_file
 
 from zscir_jax.models import clip
-from zscir_jax.weights import loader, openclip
+from zscir_jax.weights import loader
+from zscir_jax.models.clip import openclip
 
 WIDTH, LAYERS, EMBED = 32, 2, 24
 

@@ -141,7 +141,7 @@ def test_config_without_eos_id_gets_transformers_default():
 
 
 def test_vision_tower_alone_loads_from_a_clip_checkpoint(tmp_path):
-    from zscir_jax.weights import clip as clip_weights
+    from zscir_jax.models.clip import params as clip_weights
 
     torch_model = save_torch_clip(hf_config(dict(eos_token_id=98), dict(patch_size=16)), tmp_path)
     tower = clip_weights.load_vision(str(tmp_path))

@@ -14,7 +14,8 @@ import collm_demo  # noqa: E402
 
 from zscir_jax import methods, sharding  # noqa: E402
 from zscir_jax.methods import collm  # noqa: E402
-from zscir_jax.train import fake_data, optimizer, step as step_lib, trainer  # noqa: E402
+from zscir_jax.data import fake_data
+from zscir_jax.train import optimizer, step as step_lib, trainer  # noqa: E402
 
 
 def _mesh():
@@ -38,7 +39,7 @@ def test_surface_shapes():
     assert q.shape == (8, dim) and g.shape == (8, dim)
     np.testing.assert_allclose(np.linalg.norm(q, axis=-1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(g, axis=-1), 1.0, rtol=1e-5)
-    assert collm.BATCH == "pairs"
+    assert collm.METHOD.batch == "pairs"
 
 
 def test_pairing_picks_most_similar_other_caption():
@@ -107,8 +108,7 @@ def test_training_lowers_loss_and_trains_only_its_params(mode, trained):
         assert not any("lora" in k for k in before)
 
 
-def test_trainer_runs_collm_from_config(tmp_path, monkeypatch):
-    monkeypatch.setitem(methods.REGISTRY, "collm", collm)  # until the registry lists it
+def test_trainer_runs_collm_from_config(tmp_path):
     c = collm_demo.tiny("lora")
     c.train.update(steps=2, async_checkpoints=False)
     run_dir = str(tmp_path / "collm")

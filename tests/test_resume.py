@@ -23,7 +23,8 @@ CHILD = textwrap.dedent("""
     sys.path.insert(0, os.path.join({root!r}, "configs"))
     import common
     from zscir_jax import sharding
-    from zscir_jax.train import fake_data, trainer
+    from zscir_jax.data import fake_data
+    from zscir_jax.train import trainer
 
     kill_at = int(sys.argv[2])
     if kill_at >= 0:

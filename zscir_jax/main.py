@@ -132,6 +132,18 @@ def initialize_distributed() -> None:
     logging.info("process %d of %d, %d local devices", jax.process_index(), jax.process_count(), jax.local_device_count())
 
 
+def quiet_libraries() -> None:
+    """Library INFO records (Orbax writes hundreds per run) only with --verbosity=1 or more; the run's own stages,
+    progress bars, warnings and tables are printed regardless."""
+    if flags.FLAGS["verbosity"].present:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up lines (CLU imports it)
+    logging.set_verbosity(logging.WARNING)
+    import logging as py_logging
+
+    py_logging.getLogger().setLevel(py_logging.WARNING)
+
+
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -139,10 +151,15 @@ def main(argv: list[str]) -> None:
         config = load_config()
     except UsageError as e:
         _fail(str(e))
+    quiet_libraries()
     initialize_distributed()
+    from zscir_jax.errors import UserError
     from zscir_jax.train import trainer  # imported late: flag errors stay fast and free of jax start-up
 
-    trainer.train_and_evaluate(config, _WORKDIR.value)
+    try:
+        trainer.train_and_evaluate(config, _WORKDIR.value)
+    except UserError as e:
+        _fail(_one_line(e))
 
 
 def run() -> None:

@@ -1,5 +1,12 @@
-"""Image decoding and CLIP preprocessing (numpy / PIL only: runs inside Grain workers)."""
+"""Image decoding and CLIP preprocessing (numpy / PIL only: runs inside Grain workers).
+
+The one preprocessing of the project: training pipelines and the evaluator both go through ``to_uint8_square`` and
+``normalize``, with the mean / std of the checkpoint in use (``normalization_for``).
+"""
 from __future__ import annotations
+
+import json
+import os
 
 import numpy as np
 from PIL import Image
@@ -47,3 +54,28 @@ def normalize(pixels_uint8: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndar
 def preprocess(img: Image.Image, size: int, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
     """CLIP preprocessing: resize shorter side + centre crop + /255 + normalise -> float32 [size, size, 3]."""
     return normalize(to_uint8_square(img, size), mean, std)
+
+
+def normalization_for(checkpoint: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) a checkpoint was trained with: transformers' ``preprocessor_config.json`` (``image_mean`` /
+    ``image_std``), OpenCLIP's ``open_clip_config.json`` (``preprocess_cfg.mean`` / ``std``), else CLIP's."""
+    if checkpoint and os.path.isdir(checkpoint):
+        for name, keys in (("preprocessor_config.json", ("image_mean", "image_std")),
+                           ("open_clip_config.json", ("preprocess_cfg.mean", "preprocess_cfg.std"))):
+            path = os.path.join(checkpoint, name)
+            if not os.path.isfile(path):
+                continue
+            with open(path) as f:
+                cfg = json.load(f)
+            found = [_dotted(cfg, k) for k in keys]
+            if all(v is not None for v in found):
+                return tuple(map(float, found[0])), tuple(map(float, found[1]))
+    return CLIP_MEAN, CLIP_STD
+
+
+def _dotted(d: dict, key: str):
+    for part in key.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d

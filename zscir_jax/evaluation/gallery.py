@@ -10,24 +10,14 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from zscir_jax.data import images
+from zscir_jax.numerics import l2_normalize  # noqa: F401  (evaluator uses gallery.l2_normalize)
+
 
 def load_image(path: str, size: int) -> np.ndarray:
-    """RGB uint8 [size, size, 3]: shorter side resized to ``size`` (bicubic), then centre-cropped."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            w, h = im.size
-            scale = size / min(w, h)
-            nw, nh = max(size, round(w * scale)), max(size, round(h * scale))
-            im = im.resize((nw, nh), Image.BICUBIC)
-            left, top = (nw - size) // 2, (nh - size) // 2
-            return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image not found: {path}") from None
-    except OSError as e:
-        raise OSError(f"cannot read image {path}: {e}") from None
+    """RGB uint8 [size, size, 3] with the training pipeline's geometry (``data.images``: shorter side, centre crop);
+    a missing or undecodable file raises ``images.ImageError`` naming it."""
+    return images.to_uint8_square(images.load_image(path), size)
 
 
 def load_images(paths: Sequence[str], size: int, workers: int = 4) -> np.ndarray:
@@ -35,11 +25,6 @@ def load_images(paths: Sequence[str], size: int, workers: int = 4) -> np.ndarray
         return np.zeros((0, size, size, 3), np.uint8)
     with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
         return np.stack(list(pool.map(lambda p: load_image(p, size), paths)))
-
-
-def l2_normalize(x, eps: float = 1e-12) -> np.ndarray:
-    x = np.asarray(x, np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
 
 
 def encode_in_batches(

@@ -1,22 +1,24 @@
-"""Registry of retrieval methods. Every entry has the same surface (see ``methods.base``), so the trainer and the
-evaluator look a method up by name once and never branch on it."""
+"""Registry of retrieval methods. Every entry is a ``methods.surface.Method``, so the trainer and the evaluator look
+a method up by name once and never branch on it."""
 from __future__ import annotations
 
+from zscir_jax.errors import UserError
 from zscir_jax.methods import baselines, clip_pretrain, collm, pvlf, transagg
+from zscir_jax.methods.surface import Method
 
-REGISTRY = {
-    "pvlf": pvlf,
-    "transagg": transagg,
-    "image_only": baselines.image_only,
-    "text_only": baselines.text_only,
-    "image_plus_text": baselines.image_plus_text,
-    "clip_pretrain": clip_pretrain,
-    "collm": collm,
-}
+REGISTRY: dict[str, Method] = {m.name: m for m in (
+    pvlf.METHOD,
+    transagg.METHOD,
+    baselines.image_only,
+    baselines.text_only,
+    baselines.image_plus_text,
+    clip_pretrain.METHOD,
+    collm.METHOD,
+)}
 
 
-def get(name: str):
+def get(name: str) -> Method:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown method {name!r}; known: {', '.join(sorted(REGISTRY))}") from None
+        raise UserError(f"unknown method {name!r}; known: {', '.join(sorted(REGISTRY))}") from None

@@ -1,13 +1,5 @@
-"""Pieces the CIR methods share: the CLIP towers (load / export), the fusion retriever, and config readers.
-
-A method module exposes the same small surface (see ``zscir_jax.methods``):
-
-    build(config, rngs) -> model
-    loss(model, batch, config, rngs=None) -> (loss, metrics)
-    encode_query(model, ref_pixels, text_ids, text_mask) -> [B, D] (L2-normalised)
-    encode_image(model, pixels) -> [B, D] (L2-normalised)
-    BATCH: "triplets" | "pairs" | None   which records it trains on (None: needs no training)
-"""
+"""Pieces the CIR methods share: the CLIP towers (load / export), the fusion retriever's build and loss, and the
+config readers. The method surface itself is ``methods.surface.Method``."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,7 +11,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zscir_jax.models import clip, fusion
-from zscir_jax.models.fusion import l2_normalize
+from zscir_jax.numerics import l2_normalize
 from zscir_jax.weights import loader
 
 EXPORT_MARKER = "zscir_clip.json"  # a CLIP exported by this library (see export_towers)
@@ -117,44 +109,31 @@ def fusion_config(config, dim: int) -> fusion.FusionConfig:
         combiner_ratio=f.get("combiner_ratio", 4))
 
 
-class FusionRetriever(nnx.Module):
-    """CLIP towers + a token-level fusion module; the gallery side is the normalised CLIP image embedding."""
-
-    def __init__(self, towers: clip.CLIPModel, fusion_cfg: fusion.FusionConfig, *, rngs: nnx.Rngs, dtype, param_dtype):
-        self.clip = towers
-        self.fusion = fusion.Fusion(fusion_cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-
-    def query(self, ref_pixels, text_ids, text_mask, *, deterministic=True, rngs=None):
-        image_tokens, _ = self.clip.image_tokens(ref_pixels)
-        text_tokens, _ = self.clip.text_tokens(text_ids, text_mask)
-        eot = self.clip.text_model.eos_positions(text_ids)
-        return self.fusion(text_tokens, text_mask, eot, image_tokens, deterministic=deterministic, rngs=rngs)
-
-    def image(self, pixels):
-        return l2_normalize(self.clip.encode_image(pixels))
-
-
-def build_fusion_retriever(config, rngs: nnx.Rngs) -> FusionRetriever:
+def build_fusion_retriever(config, rngs: nnx.Rngs) -> fusion.FusionRetriever:
     towers = build_towers(config, rngs)
     dtype, param_dtype = dtypes(config)
-    return FusionRetriever(towers, fusion_config(config, towers.config.projection_dim), rngs=rngs, dtype=dtype,
+    return fusion.FusionRetriever(towers, fusion_config(config, towers.config.projection_dim), rngs=rngs, dtype=dtype,
                            param_dtype=param_dtype)
 
 
-def triplet_loss(query, target, config):
-    """The contrastive objective named by ``config.loss`` over the (global) batch."""
+def triplet_loss(query, target, config, valid=None):
+    """The contrastive objective named by ``config.loss`` over the (global) batch; rows where ``valid`` is False
+    (no target) take no part."""
     from zscir_jax.methods import losses
 
     l = config.loss
     if l.name == "focal":
-        return losses.focal_contrastive(query, target, temperature=l.temperature, alpha=l.alpha, gamma=l.gamma)
+        return losses.focal_contrastive(query, target, temperature=l.temperature, alpha=l.alpha, gamma=l.gamma,
+                                        valid=valid)
     if l.name == "info_nce":
-        return losses.info_nce(query, target, temperature=l.temperature)
+        return losses.info_nce(query, target, temperature=l.temperature, valid=valid)
     raise ValueError(f"config.loss.name must be 'focal' or 'info_nce', got {l.name!r}")
 
 
-def fusion_loss(model: FusionRetriever, batch, config, rngs=None):
+def fusion_loss(model: fusion.FusionRetriever, batch, config, rngs=None):
+    """Composed query vs target image. A record without a target image (text-only triplets) has blank target pixels:
+    its row is masked out of the positives and the negatives, so a blank image is never learned as a target."""
     query = model.query(batch["reference_pixels"], batch["text_ids"], batch["text_mask"], deterministic=rngs is None,
                         rngs=rngs)
     target = model.image(batch["target_pixels"])
-    return triplet_loss(query, target, config)
+    return triplet_loss(query, target, config, batch.get("has_target_image"))

@@ -5,7 +5,7 @@ Query side: the reference image goes through a CLIP vision tower and a projector
 modification text tokens follow; the LLM's last real token's hidden state (``llm.last_token_pool``) is mapped by a
 linear ``projection`` into the image-embedding space of a FROZEN CLIP. Gallery side: that CLIP's ``encode_image``.
 
-Training (``BATCH = "pairs"``), all inside the jitted loss on the global batch of (image, caption) pairs:
+Training (``batch="pairs"``), all inside the jitted loss on the global batch of (image, caption) pairs:
   1. the captions are embedded by the frozen CLIP text tower;
   2. each image i is paired with the OTHER image j whose caption is most similar (diagonal masked);
   3. the modification text is rule-based (``config.model.collm.rule``): ``[BOS] + prefix + tokens`` where
@@ -38,10 +38,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zscir_jax.methods import base, losses
+from zscir_jax.methods.surface import PAIRS, Method
 from zscir_jax.models import clip, llm, lora, mllm
-from zscir_jax.models.fusion import l2_normalize
-
-BATCH = "pairs"
+from zscir_jax.numerics import l2_normalize
 
 # Parameter paths -> optimizer labels (first match wins).
 GROUPS = (
@@ -105,9 +104,9 @@ def prefix_ids(config) -> tuple[int, ...]:
     c = _settings(config)
     if c.get("prefix_ids"):
         return tuple(int(i) for i in c.prefix_ids)
-    from zscir_jax.train import trainer  # the one place that knows which tokenizer a config uses
+    from zscir_jax.data import sources  # the one place that knows which tokenizer a config uses
 
-    tok = trainer.tokenizer_for(config)
+    tok = sources.tokenizer_for(config)
     return tuple(int(i) for i in tok.hf(c.prefix_text, add_special_tokens=False)["input_ids"])
 
 
@@ -218,3 +217,6 @@ def encode_query(model: CoLLM, ref_pixels, text_ids, text_mask):
 
 def encode_image(model: CoLLM, pixels):
     return model.image(pixels)
+
+
+METHOD = Method("collm", build=build, loss=loss, encode_query=encode_query, encode_image=encode_image, batch=PAIRS)

@@ -4,16 +4,7 @@ Prompt depth (shallow/deep), p, J and the weighting rule come from ``config.mode
 for the paper's defaults (p=25, J=2, deep, softmax, tau=0.01, alpha=1, gamma=2).
 """
 from zscir_jax.methods import base
-
-BATCH = "triplets"
-
-
-def build(config, rngs):
-    return base.build_fusion_retriever(config, rngs)
-
-
-def loss(model, batch, config, rngs=None):
-    return base.fusion_loss(model, batch, config, rngs)
+from zscir_jax.methods.surface import TRIPLETS, Method
 
 
 def encode_query(model, ref_pixels, text_ids, text_mask):
@@ -22,3 +13,7 @@ def encode_query(model, ref_pixels, text_ids, text_mask):
 
 def encode_image(model, pixels):
     return model.image(pixels)
+
+
+METHOD = Method("pvlf", build=base.build_fusion_retriever, loss=base.fusion_loss, encode_query=encode_query,
+                encode_image=encode_image, batch=TRIPLETS)

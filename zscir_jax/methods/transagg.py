@@ -3,5 +3,9 @@ text read at EOT and the image at CLS, three raw (un-softmaxed) weights from Lin
 
 Architecturally PVLF with one shallow prompt; the differences live in the config (configs/common.py ``transagg``).
 """
-# Same model, loss and encoders as PVLF: only the config differs, so the surface is PVLF's own.
-from zscir_jax.methods.pvlf import BATCH, build, encode_image, encode_query, loss  # noqa: F401
+import dataclasses
+
+from zscir_jax.methods import pvlf
+
+# Same model, loss and encoders as PVLF: only the config differs.
+METHOD = dataclasses.replace(pvlf.METHOD, name="transagg")

@@ -16,8 +16,10 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from zscir_jax.errors import UserError
 
-class IncompatibleResume(RuntimeError):
+
+class IncompatibleResume(UserError):
     """The workdir holds a checkpoint of a run whose config differs in something a resume cannot bridge."""
 
 
@@ -36,11 +38,33 @@ def _is_grain_iterator(it) -> bool:
         return False
 
 
+def latest_in(directory: str) -> int | None:
+    """The newest finished step in a manager directory (Orbax renames a step's temp folder to ``<step>`` only once
+    it is complete), or None; never creates anything."""
+    if not os.path.isdir(directory):
+        return None
+    steps = [int(n) for n in os.listdir(directory) if n.isdigit() and os.path.isdir(os.path.join(directory, n))]
+    return max(steps, default=None)
+
+
+def is_step_dir(path: str) -> bool:
+    """``path`` is one step of a manager directory (``.../checkpoints/<step>`` holding a ``state`` item)."""
+    return os.path.basename(os.path.normpath(path)).isdigit() and os.path.isdir(os.path.join(path, "state"))
+
+
+def split_step_dir(path: str) -> tuple[str, int | None]:
+    """(manager directory, step) of a step directory; (path, None) for a manager directory."""
+    path = os.path.abspath(path)
+    if is_step_dir(path):
+        return os.path.dirname(path), int(os.path.basename(path))
+    return path, None
+
+
 class Checkpointer:
-    def __init__(self, directory: str, *, every: int, keep: int, use_async: bool = True):
+    def __init__(self, directory: str, *, every: int, keep: int | None, use_async: bool = True, create: bool = True):
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
-            save_interval_steps=max(int(every), 1), max_to_keep=keep, create=True,
+            save_interval_steps=max(int(every), 1), max_to_keep=keep, create=create,
             enable_async_checkpointing=use_async)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -102,9 +126,11 @@ def resume_meta(config, state, process_count: int | None = None) -> dict:
     }
 
 
-def check_compatible(saved: dict, current: dict, directory: str) -> None:
+def check_compatible(saved: dict, current: dict, directory: str,
+                     keys=("method", "global_batch_size", "process_count")) -> None:
+    """Raises ``IncompatibleResume`` listing every difference in ``keys`` and in the parameter shapes."""
     problems = []
-    for key in ("method", "global_batch_size", "process_count"):
+    for key in keys:
         if saved.get(key) != current.get(key):
             problems.append(f"{key}: checkpoint has {saved.get(key)!r}, config has {current.get(key)!r}")
     a, b = saved.get("param_shapes", {}), current.get("param_shapes", {})

@@ -1,14 +1,15 @@
-"""``train_and_evaluate(config, workdir)``: prepare data, train the configured method, evaluate, print one table.
+"""``train_and_evaluate(config, workdir)``: prepare data, train the configured method, evaluate, print the results.
 
 Workdir layout:
     <workdir>/<run>/checkpoints/<step>/{state,data,meta}    Orbax; a rerun resumes from the latest step
     <workdir>/<run>/tensorboard/                            CLU summaries
-    <workdir>/<name>/eval/<benchmark>_<split>.{json,png}    one directory per evaluated method
-    <workdir>/results.json                                  the comparison table as JSON
+    <workdir>/<run>/metrics.jsonl                           train scalars and periodic ``eval/<name>/<metric>``
+    <workdir>/<method>/eval/<eval name>_<split>.{json,png}  one directory per evaluated method
+    <workdir>/results.json                                  {method: {eval name: {metric: value}}}
 
-``config.prepare`` (optional, the demo) runs before training: it builds the synthetic scenes benchmark, a word
-tokenizer, a contrastive CLIP warm-up (``config.warmup``, itself a full run config) and rule-based triplets, and
-points ``config.model.clip_path`` / ``config.data.triplets`` / ``config.eval.benchmark`` at what it made.
+``config.mode``: "train" (train, or resume, then evaluate) or "eval" (restore the newest checkpoint in the workdir,
+or ``config.init_from``, and evaluate; nothing is trained). ``config.prepare`` (the demo) runs first, see
+``zscir_jax.demo.prepare``. ``config.evals`` lists the benchmarks (``zscir_jax.evaluation.suite``).
 The trainer never branches on the method's name: everything method-specific is behind ``methods.get(name)``.
 """
 from __future__ import annotations
@@ -19,13 +20,17 @@ import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from absl import logging
 from flax import nnx
 
 from zscir_jax import methods, sharding
+from zscir_jax.data import sources
+from zscir_jax.errors import UserError
+from zscir_jax.evaluation import suite
 from zscir_jax.train import checkpoint as ckpt_lib
-from zscir_jax.train import encoders, optimizer, step as step_lib, writers
+from zscir_jax.train import optimizer, step as step_lib, writers
+
+MODES = ("train", "eval")
 
 
 class TrainingDiverged(RuntimeError):
@@ -33,23 +38,36 @@ class TrainingDiverged(RuntimeError):
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Run everything ``config`` asks for in ``workdir``; returns {name: metrics} of the evaluation (may be empty)."""
+    """Run everything ``config`` asks for in ``workdir``; returns {method: {eval name: metrics}} (may be empty).
+
+    Every check a user's mistake can fail (mode, method, evals, something to restore) runs before any long stage.
+    """
     config = _unlocked(config)
     workdir = os.path.abspath(workdir)
-    os.makedirs(workdir, exist_ok=True)
     t0 = time.perf_counter()
+    mode = config.get("mode", "train")
+    if mode not in MODES:
+        raise UserError(f"config.mode={mode!r}: allowed values are {', '.join(MODES)}")
+    method = methods.get(config.method)
+    all_evals = suite.specs(config)
+    restore_from = None
+    if mode == "eval":
+        restore_from = find_restore_source(config, workdir, method)
+        if not all_evals:
+            raise UserError("config.mode=eval but config.evals is empty: nothing to evaluate")
+    os.makedirs(workdir, exist_ok=True)
     if config.get("prepare"):
-        from zscir_jax.train import prepare
+        from zscir_jax.demo import prepare
 
         prepare.run(config, workdir)
+    evals = suite.usable(suite.specs(config), writers.warn)
     mesh = sharding.make_mesh(tuple(config.mesh.shape))
-    method = methods.get(config.method)
     model = None
-    if method.BATCH is not None and config.train.steps > 0:
-        model = train(config, os.path.join(workdir, config.method), mesh)
-    results = {}
-    if config.eval.get("benchmark"):
-        results = evaluate_all(config, workdir, mesh, model)
+    if mode == "train" and method.trainable and config.train.steps > 0:
+        model = train(config, os.path.join(workdir, config.method), mesh, evals)
+    elif mode == "eval" and method.trainable:
+        model = restore_model(config, restore_from, mesh, method)
+    results = evaluate_all(config, workdir, mesh, model, evals) if evals else {}
     logging.info("train_and_evaluate finished in %.1f s", time.perf_counter() - t0)
     return results
 
@@ -61,71 +79,67 @@ def _unlocked(config):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Data
+# Restoring for evaluation
 
 
-def tokenizer_for(config):
-    """The word tokenizer at ``config.data.tokenizer``, else the CLIP checkpoint's own."""
-    if config.data.get("tokenizer"):
-        from zscir_jax.data import tokenizer as tok_lib
+def find_restore_source(config, workdir: str, method) -> str | None:
+    """The checkpoint (or exported CLIP) that ``mode=eval`` evaluates; a ``UserError`` when there is none.
 
-        return tok_lib.Tokenizer.from_dir(config.data.tokenizer, config.data.max_length)
-    if config.model.get("clip_path"):
-        from zscir_jax.models import clip
+    ``config.init_from``: a checkpoint directory (a run's ``checkpoints/``, its newest step is used, or one
+    ``checkpoints/<step>``) or a CLIP exported by zscir_jax / a transformers CLIP (sets ``config.model.clip_path``).
+    Otherwise the newest checkpoint in ``<workdir>/<method>/checkpoints``. Training-free methods need nothing.
+    """
+    init = os.path.expanduser(config.get("init_from", "") or "")
+    if init:
+        if not os.path.exists(init):
+            raise UserError(f"config.init_from={init!r}: no such file or directory")
+        if ckpt_lib.is_step_dir(init) or ckpt_lib.latest_in(init) is not None:
+            return init
+        from zscir_jax.methods import base
 
-        return clip.load_tokenizer(config.model.clip_path, config.data.max_length)
-    raise ValueError("no tokenizer: set config.data.tokenizer (a word tokenizer directory) or config.model.clip_path")
-
-
-def make_data(config, kind: str):
-    """This process's iterator of host batches (``global_batch_size / process_count`` rows each)."""
-    pc, pi = jax.process_count(), jax.process_index()
-    gbs = config.train.batch_size
-    if gbs % pc:
-        raise ValueError(f"config.train.batch_size={gbs} is not divisible by the {pc} processes")
-    d = config.data
-    if d.source == "random":
-        from zscir_jax.train import fake_data
-
-        tiny = config.model.clip_tiny
-        return fake_data.RandomTriplets(batch_size=gbs // pc, image_size=tiny.image_size, max_length=tiny.max_length,
-                                        vocab_size=tiny.vocab_size, seed=config.seed * 1000 + pi, kind=kind,
-                                        nan_at=d.get("nan_at", -1))
-    from zscir_jax.data import pipeline
-
-    common = dict(global_batch_size=gbs, image_size=d.image_size, tokenizer=tokenizer_for(config), seed=config.seed,
-                  process_index=pi, process_count=pc, worker_count=d.worker_count, on_error=d.on_error)
-    if kind == "pairs":
-        return pipeline.pair_loader(load_pairs(config), **common)
-    return pipeline.triplet_loader(load_triplets(config), **common)
+        if base.towers_config_from_path(init) is None:
+            raise UserError(f"config.init_from={init!r} is neither a checkpoint directory nor a CLIP checkpoint")
+        config.model.clip_path = init
+        return None
+    if not method.trainable:
+        return None
+    ckpt_dir = os.path.join(workdir, config.method, "checkpoints")
+    if ckpt_lib.latest_in(ckpt_dir) is None:
+        raise UserError(f"config.mode=eval: no checkpoint of {config.method} in {ckpt_dir} (train first, or set "
+                        "config.init_from to a checkpoint directory)")
+    return ckpt_dir
 
 
-def load_triplets(config):
-    from zscir_jax.data import triplets
-
-    path = config.data.triplets
-    if not path:
-        raise ValueError("config.data.triplets is empty: give a JSONL of triplet records (or use configs/demo.py)")
-    fmt = config.data.get("laion_format", "")
-    if fmt == "template":
-        return triplets.from_laion_template(path, config.data.image_dir)
-    if fmt == "llm":
-        return triplets.from_laion_llm(path, config.data.image_dir)
-    return triplets.read_jsonl(path)
-
-
-def load_pairs(config):
-    from zscir_jax.data import scenes
-
-    return scenes.train_pairs(config.data.pairs_root)
+def restore_model(config, source: str | None, mesh, method):
+    """The model of the checkpoint at ``source`` (a manager directory or one step of it); the optimizer state is
+    restored alongside (the checkpoint holds both) and dropped."""
+    if source is None:  # init_from named towers: the method's own build reads them
+        with sharding.activate(mesh):
+            return method.build(config, nnx.Rngs(config.seed))
+    directory, step = ckpt_lib.split_step_dir(source)
+    tx, _ = optimizer.make(config.optim, config.train.steps * config.optim.get("accumulate", 1))
+    ts = step_lib.build(method, config, mesh, tx, abstract=True)
+    ckpt = ckpt_lib.Checkpointer(directory, every=1, keep=None, use_async=False, create=False)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        ckpt_lib.check_compatible(ckpt.read_meta(step), ckpt_lib.resume_meta(config, ts.state), ckpt.directory,
+                                  keys=("method",))
+        state = ckpt.restore(step, ts.state, None)
+    finally:
+        ckpt.close()
+    writers.say(f"{config.method}: evaluating the checkpoint of step {step} in {directory}")
+    return ts.model(state)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Training
 
 
-def train(config, run_dir: str, mesh):
-    """Train ``config.method`` in ``run_dir`` (resuming from its latest checkpoint); returns the trained model."""
+def train(config, run_dir: str, mesh, evals=()):
+    """Train ``config.method`` in ``run_dir`` (resuming from its latest checkpoint); returns the trained model.
+
+    ``evals`` (``suite.EvalSpec``s) with ``every`` > 0 are evaluated every that many steps; their scalars go to
+    TensorBoard and metrics.jsonl as ``eval/<name>/<metric>``."""
     method = methods.get(config.method)
     tc = config.train
     tx, schedules = optimizer.make(config.optim, tc.steps * config.optim.get("accumulate", 1))
@@ -134,13 +148,14 @@ def train(config, run_dir: str, mesh):
     latest = ckpt.latest_step()
     ts = step_lib.build(method, config, mesh, tx, abstract=latest is not None)
     meta = ckpt_lib.resume_meta(config, ts.state)
-    data = make_data(config, method.BATCH)
+    data = sources.make_loader(config, method.batch)
     state, start = ts.state, 0
     if latest is not None:
         ckpt_lib.check_compatible(ckpt.read_meta(latest), meta, ckpt.directory)
         state = ckpt.restore(latest, ts.state, data)
         start = latest
-        logging.info("resumed %s from step %d", run_dir, latest)
+        writers.say(f"{config.method}: resumed from step {latest} in {ckpt.directory}")
+    periodic = [s for s in evals if s.every > 0]
     writer = writers.create(run_dir)
     if jax.process_index() == 0 and start == 0:
         writer.write_hparams({k: str(v) for k, v in _flat(config.to_dict()).items()})
@@ -179,8 +194,11 @@ def train(config, run_dir: str, mesh):
                     bar.set_postfix(loss=f"{scalars['loss']:.4f}")
             if save:
                 ckpt.save(n, state, data, meta, force=last)
-            if tc.get("eval_every") and n % tc.eval_every == 0 and not last and config.eval.get("benchmark"):
-                _evaluate_one(config, run_dir, mesh, method, ts.model(state), config.method, step=n)
+            due = [s for s in periodic if n % s.every == 0 and not last]
+            if due:
+                scores = evaluate_periodic(config, due, mesh, method, ts.model(state), run_dir)
+                writer.write_scalars(n, scores)
+                _append_jsonl(os.path.join(run_dir, "metrics.jsonl"), {"step": n, **scores})
     finally:
         bar.close()
         ckpt.close()
@@ -208,12 +226,13 @@ def _append_jsonl(path, row):
 
 
 def read_metrics(run_dir: str) -> dict[int, dict]:
-    """step -> the last logged scalars for that step (a resumed run may log a step twice)."""
-    out = {}
+    """step -> the scalars logged for that step, merged (train and eval rows; a resumed run may log a step twice,
+    the later value wins)."""
+    out: dict[int, dict] = {}
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         for line in f:
             row = json.loads(line)
-            out[row["step"]] = row
+            out.setdefault(row["step"], {}).update(row)
     return out
 
 
@@ -231,40 +250,78 @@ def _flat(d, prefix=""):
 # Evaluation
 
 
-def evaluate_all(config, workdir: str, mesh, trained=None) -> dict:
-    """The trained method, optionally its initialisation, and ``config.eval.compare``, on one benchmark."""
+def _encoder(config, mesh, method, model):
+    from zscir_jax.data import images
+    from zscir_jax.evaluation import encoders
+
+    mean, std = images.normalization_for(config.model.get("clip_path", ""))
+    return encoders.MethodEncoder(method, model, sources.tokenizer_for(config), mesh,
+                                  batch_size=config.eval.batch_size, mean=mean, std=std)
+
+
+def evaluate_periodic(config, evals, mesh, method, model, run_dir: str) -> dict:
+    """``eval/<name>/<metric>`` scalars of the model in training (files go to ``<run_dir>/eval``)."""
+    enc = _encoder(config, mesh, method, model)
+    scalars = {}
+    for spec in evals:
+        out = suite.run(spec, suite.load(spec), enc, image_size=config.data.image_size,
+                        batch_size=config.eval.batch_size, out_dir=run_dir, log=logging.info)
+        scalars.update({f"eval/{spec.name}/{k}": float(v) for k, v in out.items()
+                        if "@" in k or k == "recall_avg"})
+    return scalars
+
+
+def evaluate_all(config, workdir: str, mesh, trained, evals) -> dict:
+    """The method (trained, or restored), optionally its initialisation, and ``config.eval.compare``, on every eval;
+    prints one table per eval and writes ``results.json``."""
     method = methods.get(config.method)
     entries = []
-    if method.BATCH is None or trained is not None:
+    if not method.trainable or trained is not None:
         entries.append((config.method, method, trained))
-    if config.eval.get("untrained") and method.BATCH is not None:
+    if config.eval.get("untrained") and method.trainable:
         entries.append((f"{config.method}_untrained", method, None))
     entries += [(name, methods.get(name), None) for name in config.eval.get("compare", ())]
-    results = {}
+    benchmarks = {spec.name: suite.load(spec) for spec in evals}  # read once, shared by every method
+    results: dict = {}
     for name, m, model in entries:
         if model is None:
             with sharding.activate(mesh):
                 model = m.build(config, nnx.Rngs(config.seed))
-        results[name] = _evaluate_one(config, workdir, mesh, m, model, name)
-    keys = config.eval.get("table_metrics") or None
-    rows = {n: {k: v for k, v in r.items() if ("@" in k or k == "recall_avg") and (keys is None or k in keys)}
-            for n, r in results.items()}
-    from zscir_jax.evaluation import report
-
-    table = report.format_table(rows)
+        enc = _encoder(config, mesh, m, model)
+        results[name] = {}
+        for spec in evals:
+            results[name][spec.name] = suite.run(spec, benchmarks[spec.name], enc, image_size=config.data.image_size,
+                                                 batch_size=config.eval.batch_size,
+                                                 out_dir=os.path.join(workdir, name), log=logging.info)
     if jax.process_index() == 0:
-        print(f"\n{config.eval.benchmark} ({config.eval.split}):\n{table}", flush=True)
-        with open(os.path.join(workdir, "results.json"), "w") as f:
+        print(format_results(config, evals, results), flush=True)
+        path = os.path.join(workdir, "results.json")
+        with open(path + ".tmp", "w") as f:
             json.dump(results, f, indent=1, default=float)
+        os.replace(path + ".tmp", path)
     return results
 
 
-def _evaluate_one(config, workdir, mesh, method, model, name, step=None):
-    from zscir_jax.data import cirr
-    from zscir_jax.evaluation import evaluator
+def format_results(config, evals, results) -> str:
+    """One table per eval (rows: methods), with what was skipped and where submission files are."""
+    from zscir_jax.evaluation import report
 
-    bench = cirr.load(config.eval.benchmark, config.eval.split)
-    enc = encoders.MethodEncoder(method, model, tokenizer_for(config), mesh, batch_size=config.eval.batch_size)
-    out_dir = os.path.join(workdir, name) if step is None else workdir
-    return evaluator.evaluate(bench, enc, image_size=config.data.image_size, batch_size=config.eval.batch_size,
-                              workdir=out_dir, cache_key=None, log=logging.info)
+    wanted = config.eval.get("table_metrics") or None
+    parts = []
+    for spec in evals:
+        rows = {m: r[spec.name] for m, r in results.items()}
+        cols = [c for c in suite.table_columns(spec, rows) if wanted is None or c in wanted
+                or c.split("/")[-1] in wanted]
+        table_rows = {m: {c: r[c] for c in cols if c in r} for m, r in rows.items()}
+        parts.append(f"\n{spec.name}: {spec.reader} {spec.split} ({spec.root})")
+        if any(table_rows.values()):
+            parts.append(report.format_table(table_rows, columns=cols))
+        first = next(iter(rows.values()), {})
+        notes = [f"{k}={first[k]}" for k in ("skipped_queries", "limited_to") if first.get(k)]
+        if notes:
+            parts.append("  note: evaluated on part of the split: " + ", ".join(notes))
+        for f in first.get("submission_files", ()):
+            parts.append(f"  submission file: {f}")
+        if first.get("submission_problems"):
+            parts.append("  submission problems: " + "; ".join(first["submission_problems"]))
+    return "\n".join(parts)

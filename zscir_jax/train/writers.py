@@ -1,7 +1,9 @@
-"""Metric output: CLU writers (TensorBoard + log lines, process 0 only) and a tqdm bar with steps/s and ETA."""
+"""What the user sees: CLU writers (TensorBoard + log lines, process 0 only), a tqdm bar with steps/s and ETA, and
+``say`` / ``warn`` for stage lines (printed by process 0; library INFO logs stay behind ``--verbosity=1``)."""
 from __future__ import annotations
 
 import os
+import sys
 
 import jax
 from clu import metric_writers
@@ -17,3 +19,15 @@ def progress(total: int, initial: int, desc: str, enabled: bool = True):
 
     return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
                 disable=not enabled or jax.process_index() > 0)
+
+
+def say(message: str) -> None:
+    """One line on stdout from process 0: the stages of a run."""
+    if jax.process_index() == 0:
+        print(message, flush=True)
+
+
+def warn(message: str) -> None:
+    """One line on stderr from process 0."""
+    if jax.process_index() == 0:
+        print(f"warning: {message}", file=sys.stderr, flush=True)

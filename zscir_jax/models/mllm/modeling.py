@@ -156,7 +156,7 @@ class MLLM(nnx.Module):
 
 def from_pretrained(path: str, *, dtype=jnp.float32, param_dtype=jnp.float32) -> MLLM:
     """Load a local transformers LLaVA directory (``LlavaForConditionalGeneration``, v4 or v5 tensor names)."""
-    from zscir_jax.weights import llava as llava_weights
+    from zscir_jax.models.mllm import params as llava_weights
 
     if not os.path.isdir(path):
         raise FileNotFoundError(

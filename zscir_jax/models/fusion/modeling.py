@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zscir_jax import sharding
+from zscir_jax.numerics import l2_normalize
 
 PROMPT_MODES = ("shallow", "deep")
 WEIGHTINGS = ("softmax", "linear")
@@ -146,7 +147,3 @@ class Fusion(nnx.Module):
         query = w[:, 0:1] * img + w[:, 1:2] * f_u + w[:, 2:3] * txt
         return l2_normalize(query)
 
-
-def l2_normalize(x, eps: float = 1e-6):
-    x = x.astype(jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)

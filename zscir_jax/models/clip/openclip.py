@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from zscir_jax.models import clip
+from zscir_jax.models.clip import modeling as clip
 from zscir_jax.weights import loader
 
 CONFIG_NAMES = ("open_clip_config.json", "open_clip_model_config.json", "model_config.json", "config.json")

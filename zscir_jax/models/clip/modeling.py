@@ -413,7 +413,7 @@ def from_pretrained(path: str, *, dtype: Dtype = jnp.float32, param_dtype: Dtype
 
     Inside ``zscir_jax.sharding.activate(mesh)`` every weight is placed with its target sharding.
     """
-    from zscir_jax.weights import clip as clip_weights
+    from zscir_jax.models.clip import params as clip_weights
 
     return clip_weights.load_clip(path, dtype=dtype, param_dtype=param_dtype)
 

@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 
 from zscir_jax import sharding
-from zscir_jax.weights import llama as llama_weights
+from zscir_jax.models.llm import params as llama_weights
 from zscir_jax.weights import loader
 
 _SUPPORTED_TYPES = ("llama", "mistral", "qwen2")

@@ -6,8 +6,8 @@ Both layouts load: transformers v5's module tree (``model.vision_tower.``, ``mod
 """
 from __future__ import annotations
 
-from zscir_jax.weights import clip as clip_weights
-from zscir_jax.weights import llama as llama_weights
+from zscir_jax.models.clip import params as clip_weights
+from zscir_jax.models.llm import params as llama_weights
 from zscir_jax.weights.loader import Rule, transpose
 
 TEXT_PREFIX = r"(?:model\.language_model\.|language_model\.model\.)"

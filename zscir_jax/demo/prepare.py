@@ -1,12 +1,13 @@
 """The demo's preparation stages (``config.prepare``): everything a run needs that no download can give offline.
 
-1. build the synthetic scenes benchmark (official CIRR layout) in ``<workdir>/scenes``
+1. build the synthetic scenes benchmark in ``<workdir>/scenes``, in the official CIRR, FashionIQ and CIRCO layouts
 2. synthesise training triplets from its train image-caption pairs with the rule-based generator
 3. train a word tokenizer on the train captions and triplet texts
 4. warm up a tiny CLIP contrastively on the train pairs (``config.warmup``), standing in for a pretrained VLM, and
    export it to ``<workdir>/clip_pretrain/export``
-Then ``config`` points at what was made (clip_path, tokenizer, triplets, benchmark). Every stage is skipped when
-its output already exists, and the warm-up resumes from its checkpoints, so a rerun of the demo is cheap.
+Then ``config`` points at what was made (clip_path, tokenizer, triplets, and the roots of the ``config.evals``
+entries whose ``root`` is empty: by reader, the scenes in that layout). Every stage is skipped when its output
+already exists, and the warm-up resumes from its checkpoints, so a rerun of the demo is cheap.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import os
 
 import jax
 from absl import logging
+
+from zscir_jax.train import writers
 
 
 def run(config, workdir: str) -> None:
@@ -23,6 +26,7 @@ def run(config, workdir: str) -> None:
     from zscir_jax.synthesis import rule_based
     from zscir_jax.train import trainer
 
+    writers.say(f"demo: preparing the scenes benchmark, triplets, tokenizer and CLIP in {workdir}")
     p = config.prepare
     root = os.path.join(workdir, "scenes")
     scenes.build(root, num_train=p.num_train, num_val_queries=p.num_val_queries, num_test_queries=p.num_test_queries,
@@ -46,7 +50,10 @@ def run(config, workdir: str) -> None:
     config.data.tokenizer = tok_dir
     config.data.triplets = triplet_path
     config.data.pairs_root = root
-    config.eval.benchmark = root
+    layouts = {"cirr": root, "fashioniq": scenes.fashioniq_root(root), "circo": scenes.circo_root(root)}
+    for entry in (config.get("evals") or {}).values():
+        if not entry.get("root"):
+            entry.root = layouts[entry.reader]
     tiny = config.model.clip_tiny
     tiny.vocab_size, tiny.eos_token_id, tiny.max_length = tok.vocab_size, tok.eos_token_id, config.data.max_length
 
@@ -60,7 +67,7 @@ def run(config, workdir: str) -> None:
             w.optim = config.warmup.optim
             w.train = config.warmup.train
             w.data.source = "pairs"
-            w.eval.benchmark = ""
+            w.evals = {}
             model = trainer.train(w, os.path.join(workdir, "clip_pretrain"), sharding.make_mesh(tuple(config.mesh.shape)))
             base.export_towers(model, export)
         config.model.clip_path = export

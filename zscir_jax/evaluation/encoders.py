@@ -1,7 +1,8 @@
-"""Adapters from a method + model to the evaluator's Encoder protocol.
+"""The adapter from a method + model to the evaluator's ``Encoder`` protocol.
 
-uint8 images -> CLIP-normalised float -> one jitted encode per method function. Batches are padded to a fixed size
-(a multiple of the data-parallel width), so every call reuses one compiled program and splits over the mesh.
+uint8 images -> normalised float (``data.images.normalize``, the training pipeline's own, with the checkpoint's
+mean / std) -> one jitted encode per method function. Batches are padded to a fixed size (a multiple of the
+data-parallel width), so every call reuses one compiled program and splits over the mesh.
 """
 from __future__ import annotations
 
@@ -11,19 +12,14 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zscir_jax import sharding
-
-# OpenAI CLIP's pixel statistics (the pipeline's `zscir_jax.data.images` uses the same, when present).
-CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], np.float32)
-CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], np.float32)
-
-
-def normalize_uint8(images: np.ndarray) -> np.ndarray:
-    return ((np.asarray(images, np.float32) / 255.0) - CLIP_MEAN) / CLIP_STD
+from zscir_jax.data import images as images_lib
 
 
 class MethodEncoder:
-    def __init__(self, method, model, tokenizer, mesh, *, batch_size: int = 64):
+    def __init__(self, method, model, tokenizer, mesh, *, batch_size: int = 64, mean=images_lib.CLIP_MEAN,
+                 std=images_lib.CLIP_STD):
         self.tokenizer, self.mesh = tokenizer, mesh
+        self.mean, self.std = mean, std
         width = mesh.shape["data"] * mesh.shape["fsdp"]
         self.batch = -(-batch_size // width) * width
         graphdef, state = nnx.split(model)
@@ -47,7 +43,7 @@ class MethodEncoder:
         return [(a, min(a + self.batch, n)) for a in range(0, n, self.batch)]
 
     def encode_images(self, images: np.ndarray) -> np.ndarray:
-        pixels = normalize_uint8(images)
+        pixels = images_lib.normalize(np.asarray(images), self.mean, self.std)
         out = []
         for a, b in self._chunks(len(pixels)):
             with jax.set_mesh(self.mesh):
@@ -55,7 +51,7 @@ class MethodEncoder:
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
     def encode_queries(self, images: np.ndarray, texts: list[str]) -> np.ndarray:
-        pixels = normalize_uint8(images)
+        pixels = images_lib.normalize(np.asarray(images), self.mean, self.std)
         ids, mask = self.tokenizer(list(texts))
         out = []
         for a, b in self._chunks(len(pixels)):

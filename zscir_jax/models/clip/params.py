@@ -12,7 +12,7 @@ import re
 import jax.numpy as jnp
 from flax import nnx
 
-from zscir_jax.models import clip
+from zscir_jax.models.clip import modeling as clip
 from zscir_jax.weights import loader
 
 _NORMS = r"(layer_norm1|layer_norm2|pre_layrnorm|post_layernorm|final_layer_norm)"
@@ -57,7 +57,7 @@ def load_clip(path: str, *, dtype=jnp.float32, param_dtype=jnp.float32) -> clip.
         tensors = loader.LazyTensors(loader.safetensors_files(path))
         source = path
     else:
-        from zscir_jax.weights import openclip
+        from zscir_jax.models.clip import openclip
 
         cfg, tensors = openclip.read_as_hf(path)
         source = f"{path} (OpenCLIP layout)"

@@ -1,0 +1,105 @@
+"""What a config trains on: the tokenizer, the triplet / pair records and the Grain loader built from them.
+
+``config.data.triplets`` names one or several sources, comma-separated, each optionally prefixed by its format:
+
+    runs/triplets.jsonl                                   our TripletRecord JSONL (or *.array_record shards)
+    template:laion_template_info.json                     TransAgg's Laion-CIR-Template file
+    template:laion_template_info.json,llm:laion_llm_info.json   Laion-CIR-Combined (PVLF's best setting)
+
+A source without a prefix uses ``config.data.laion_format`` ("" = by extension). The records of all sources are
+concatenated (then shuffled by the loader); ``config.data.on_error`` ("raise" | "skip") applies to every one.
+"""
+from __future__ import annotations
+
+import os
+
+from zscir_jax.errors import UserError
+
+FORMATS = ("jsonl", "array_record", "template", "llm")
+
+
+def tokenizer_for(config):
+    """The word tokenizer at ``config.data.tokenizer``, else the CLIP checkpoint's own."""
+    if config.data.get("tokenizer"):
+        from zscir_jax.data import tokenizer as tok_lib
+
+        return tok_lib.Tokenizer.from_dir(config.data.tokenizer, config.data.max_length)
+    if config.model.get("clip_path"):
+        from zscir_jax.models import clip
+
+        return clip.load_tokenizer(config.model.clip_path, config.data.max_length)
+    raise UserError("no tokenizer: set config.data.tokenizer (a word tokenizer directory) or config.model.clip_path")
+
+
+def triplet_sources(config) -> list[tuple[str, str]]:
+    """[(format, path)] from ``config.data.triplets``; a bad format or a missing file is a ``UserError``."""
+    spec = config.data.get("triplets", "")
+    if not spec:
+        raise UserError("config.data.triplets is empty: give a JSONL of triplet records, Laion-CIR files "
+                        "('template:FILE,llm:FILE'), or use configs/demo.py")
+    default = config.data.get("laion_format", "") or ""
+    out = []
+    for item in (s.strip() for s in spec.split(",")):
+        if not item:
+            continue
+        fmt, path = item.split(":", 1) if item.split(":", 1)[0] in FORMATS else ("", item)
+        fmt = fmt or default or ("array_record" if ".array_record" in path else "jsonl")
+        if fmt not in FORMATS:
+            raise UserError(f"config.data.triplets: unknown format {fmt!r} for {path!r}; allowed: {', '.join(FORMATS)}")
+        if not os.path.exists(path):
+            raise UserError(f"config.data.triplets: file not found: {path}")
+        out.append((fmt, path))
+    return out
+
+
+def load_triplets(config):
+    """Every configured source's records, concatenated (a ``triplets.RecordList``: ``.skipped`` is the total)."""
+    from zscir_jax.data import triplets
+
+    on_error = config.data.get("on_error", "raise")
+    image_dir = config.data.get("image_dir", "")
+    readers = {
+        "jsonl": lambda p: triplets.read_jsonl(p, on_error),
+        "array_record": lambda p: triplets.read_array_record(p, on_error),
+        "template": lambda p: triplets.from_laion_template(p, image_dir, on_error),
+        "llm": lambda p: triplets.from_laion_llm(p, image_dir, on_error),
+    }
+    records = triplets.RecordList()
+    for fmt, path in triplet_sources(config):
+        part = readers[fmt](path)
+        records.extend(part)
+        records.skipped += part.skipped
+    return records
+
+
+def load_pairs(config):
+    from zscir_jax.data import scenes
+
+    return scenes.train_pairs(config.data.pairs_root)
+
+
+def make_loader(config, kind: str):
+    """This process's iterator of host batches (``global_batch_size / process_count`` rows each)."""
+    import jax
+
+    pc, pi = jax.process_count(), jax.process_index()
+    gbs = config.train.batch_size
+    if gbs % pc:
+        raise UserError(f"config.train.batch_size={gbs} is not divisible by the {pc} processes")
+    d = config.data
+    if d.source == "random":
+        from zscir_jax.data import fake_data
+
+        tiny = config.model.clip_tiny
+        return fake_data.RandomTriplets(batch_size=gbs // pc, image_size=tiny.image_size, max_length=tiny.max_length,
+                                        vocab_size=tiny.vocab_size, seed=config.seed * 1000 + pi, kind=kind,
+                                        nan_at=d.get("nan_at", -1))
+    from zscir_jax.data import images, pipeline
+
+    mean, std = images.normalization_for(config.model.get("clip_path", ""))
+    common = dict(global_batch_size=gbs, image_size=d.image_size, tokenizer=tokenizer_for(config), seed=config.seed,
+                  process_index=pi, process_count=pc, worker_count=d.worker_count, on_error=d.on_error,
+                  mean=mean, std=std)
+    if kind == "pairs":
+        return pipeline.pair_loader(load_pairs(config), **common)
+    return pipeline.triplet_loader(load_triplets(config), **common)

@@ -1,0 +1,1 @@
+"""Preparation stages of the embedded demos: what a run needs that no download can give offline."""

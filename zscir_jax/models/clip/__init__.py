@@ -1,0 +1,2 @@
+"""The clip family: ``modeling.py`` (Flax NNX modules, no training logic) and ``params.py`` (the checkpoint name map)."""
+from zscir_jax.models.clip.modeling import *  # noqa: F401,F403
