@@ -76,9 +76,9 @@ def _state_and_step(mode, steps=10):
     c = collm_demo.tiny(mode)
     mesh = _mesh()
     tx, _ = optimizer.make(c.optim, steps)
-    ts = step_lib.build(collm, c, mesh, tx)
+    ts = step_lib.build(collm.METHOD, c, mesh, tx)
     batch = _batch(c)
-    step = step_lib.make_train_step(collm, c, ts, mesh, step_lib.batch_spec_of(batch))
+    step = step_lib.make_train_step(collm.METHOD, c, ts, mesh, step_lib.batch_spec_of(batch))
     return c, mesh, ts, step, sharding.global_batch(mesh, batch)
 
 

@@ -169,3 +169,79 @@ def test_both_orders_texts_are_averaged(tmp_path):
     red, blue = (TrivialEncoder().encode_queries(None, [t]) for t in ("red", "blue"))
     unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
     np.testing.assert_allclose(emb[0], unit(unit(red[0]) + unit(blue[0])), rtol=1e-6)
+
+
+def _saved(work, tag="cirr_val"):
+    with open(os.path.join(work, "eval", f"{tag}.json")) as f:
+        return json.load(f)
+
+
+def test_complete_run_says_so(tmp_path):
+    root = make_cirr_like(str(tmp_path / "cirr"), n_sets=2)
+    bench = cirr.load(root, "val")
+    work, logs = str(tmp_path / "work"), []
+    out = evaluator.evaluate(bench, TrivialEncoder(), image_size=8, workdir=work, num_pictures=0, log=logs.append)
+    expect = {"num_queries": 4, "total_queries": 4, "skipped_queries": 0, "limited_to": None,
+              "skipped_gallery_images": 0, "complete": True}
+    assert {k: out[k] for k in expect} == expect
+    assert {k: _saved(work)[k] for k in expect} == expect
+    assert not any("PARTIAL" in line or "*" in line for line in logs)
+
+
+def test_skipped_queries_are_reported_in_json_table_and_log(tmp_path):
+    root = make_cirr_like(str(tmp_path / "cirr"), n_sets=2)
+    os.remove(os.path.join(root, "dev", "dev-1-3-img0.png"))
+    bench = cirr.load(root, "val", on_missing="skip")
+    work, logs = str(tmp_path / "work"), []
+    out = evaluator.evaluate(bench, TrivialEncoder(), image_size=8, workdir=work, num_pictures=0, log=logs.append)
+    expect = {"num_queries": 2, "total_queries": 4, "skipped_queries": 2, "limited_to": None,
+              "skipped_gallery_images": 1, "complete": False}
+    assert {k: out[k] for k in expect} == expect
+    saved = _saved(work)
+    assert {k: saved[k] for k in expect} == expect
+    table, line = logs
+    assert table.splitlines()[2].startswith("cirr_val *")
+    assert table.splitlines()[-1].startswith("* PARTIAL evaluation: 2 of 4 queries evaluated")
+    assert "2 queries skipped by the reader" in table and "1 gallery images skipped" in table
+    assert line.startswith("cirr_val: 2 queries") and "PARTIAL evaluation: 2 of 4 queries evaluated" in line
+
+
+def test_limited_run_is_reported(tmp_path):
+    """A reader that records its limit (FashionIQ does; see Benchmark.total_queries / limited_to)."""
+    import dataclasses
+
+    root = make_cirr_like(str(tmp_path / "cirr"), n_sets=2)
+    full = cirr.load(root, "val")
+    bench = dataclasses.replace(full, queries=full.queries[:3], total_queries=4, limited_to=3)
+    work, logs = str(tmp_path / "work"), []
+    out = evaluator.evaluate(bench, TrivialEncoder(), image_size=8, workdir=work, num_pictures=0, log=logs.append)
+    saved = _saved(work)
+    for d in (out, saved):
+        assert (d["num_queries"], d["total_queries"], d["skipped_queries"], d["limited_to"], d["complete"]) == (
+            3, 4, 0, 3, False)
+    assert "limited to the first 3 of 4 query records" in logs[0] and "3 of 4 queries evaluated" in logs[1]
+    assert evaluator.partial_note(out) in logs[1]
+
+
+def test_fashioniq_limit_reaches_the_json(shared_data_dir, tmp_path):
+    from zscir_jax.data import fashioniq
+
+    src = os.path.join(shared_data_dir, "fashioniq")
+    with open(os.path.join(src, "captions", "cap.dress.val.json")) as f:
+        recs = json.load(f)[:5]
+    for r in recs:
+        for asin in (r["candidate"], r["target"]):
+            path = str(tmp_path / "images" / f"{asin}.png")
+            if not os.path.exists(path):
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                Image.fromarray(np.full((4, 4, 3), len(asin) * 7 % 255, np.uint8)).save(path)
+    b = fashioniq.load(src, "dress", "val", image_dir=str(tmp_path / "images"), on_missing="skip", limit=5)
+    work, logs = str(tmp_path / "work"), []
+    rows = evaluator.evaluate_fashioniq([b], TrivialEncoder(), image_size=4, workdir=work, num_pictures=0,
+                                        log=logs.append)
+    saved = _saved(work, "fashioniq_dress_val")
+    assert (saved["num_queries"], saved["total_queries"], saved["limited_to"], saved["complete"]) == (
+        5, 2017, 5, False)
+    assert saved["skipped_gallery_images"] == 3817 - len(b.gallery)
+    assert "recall@10" in rows["average"]
+    assert logs[-1].splitlines()[-1].startswith("* dress: PARTIAL evaluation: 5 of 2017 queries evaluated")

@@ -166,3 +166,86 @@ def test_ranking_without_exclusion_and_small_gallery():
     r = ranking.rank(qe, ge, k=50, target_idx=np.array([1, 2]))
     assert r.topk_idx.tolist() == [[1, 0, 2], [0, 1, 2]]
     assert r.target_rank.tolist() == [0, 2]
+
+
+# --- exclude_idx = -1 means "exclude nothing" everywhere (never numpy's "last item") --------------------------------
+
+
+def test_minus_one_excludes_nothing_when_the_last_item_is_the_target():
+    scores = np.array([[0.1, 0.2, 0.9],  # the last gallery item is the best and the target
+                       [0.9, 0.2, 0.1]])
+    targets = [2, 0]
+    assert metrics.target_ranks(scores, targets, [-1, -1]).tolist() == [0, 0]
+    assert metrics.recall_at_k(scores, targets, ks=(1,), exclude_idx=[-1, -1]) == {1: 100.0}
+    assert metrics.recall_at_k(scores, targets, ks=(1,), exclude_idx=np.array([-1, -1])) == {1: 100.0}
+    # Mixed rows: row 0 excludes nothing, row 1 excludes its target (never retrieved).
+    assert metrics.target_ranks(scores, targets, [-1, 0]).tolist() == [0, 3]
+    # The last item also keeps its place when it is ranked above another query's target.
+    assert metrics.target_ranks(scores, [1, 1], [-1, -1]).tolist() == [1, 1]
+    assert metrics.target_ranks(scores, [1, 1], [2, -1]).tolist() == [0, 1]
+
+
+def test_minus_one_in_topk_and_map():
+    scores = np.array([[0.1, 0.2, 0.9], [0.3, 0.2, 0.1]])
+    top = metrics.stable_topk(scores, 3, exclude_idx=[-1, -1])
+    assert top.tolist() == [[2, 1, 0], [0, 1, 2]]  # nothing excluded: the full ranking, the last item included
+    top = metrics.stable_topk(scores, 3, exclude_idx=[-1, 0])  # one row excludes: every list is G - 1 long
+    assert top.tolist() == [[2, 1], [1, 2]]
+    assert metrics.map_at_k(scores, [[2], [0]], ks=(1,), exclude_idx=[-1, -1]) == {1: pytest.approx(100.0)}
+    assert metrics.map_at_k(scores, [[2], [0]], ks=(1,), exclude_idx=[2, -1]) == {1: pytest.approx(50.0)}
+
+
+def test_minus_one_in_subsets():
+    scores = np.array([[0.5, 0.4, 0.3, 0.9]])  # the last gallery item scores highest
+    # -1 in exclude_idx: nothing removed from the subset {0, 1, 3}; target 1 comes after 3 and 0.
+    assert metrics.subset_ranks(scores, [1], [[0, 1, 3]], [-1]).tolist() == [2]
+    # -1 in subset_idx is padding, not the (best-scoring) last gallery item.
+    assert metrics.subset_ranks(scores, [1], [[0, 1, -1]], [-1]).tolist() == [1]
+    assert metrics.subset_ranks(scores, [1], [[0, 1, -1]], [0]).tolist() == [0]
+    r = ranking.rank(np.eye(4, dtype=np.float32)[[3]], np.diag([0.5, 0.4, 0.3, 0.9]).astype(np.float32), k=4,
+                     exclude_idx=[-1], target_idx=[1], subset_idx=[[0, 1, -1]])
+    assert r.subset_order.tolist() == [[0, 1, -1]] and r.subset_target_rank.tolist() == [1]
+
+
+def test_exclude_idx_out_of_range_is_an_error():
+    scores = np.zeros((2, 3))
+    for bad in ([-2, 0], [0, 3]):
+        with pytest.raises(ValueError, match="exclude_idx"):
+            metrics.recall_at_k(scores, [0, 1], ks=(1,), exclude_idx=bad)
+        with pytest.raises(ValueError, match="exclude_idx"):
+            metrics.stable_topk(scores, 2, exclude_idx=bad)
+        with pytest.raises(ValueError, match="exclude_idx"):
+            ranking.rank(np.zeros((2, 4), np.float32), np.zeros((3, 4), np.float32), exclude_idx=bad)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_ranking_and_metrics_agree_on_minus_one(backend):
+    rng = np.random.default_rng(7)
+    q, g, d = 31, 19, 4
+    qe = rng.integers(-2, 3, (q, d)).astype(np.float32)
+    ge = rng.integers(-2, 3, (g, d)).astype(np.float32)
+    scores = qe @ ge.T
+    targets = rng.integers(0, g, q)
+    targets[:6] = g - 1  # the last gallery item is a frequent target
+    exclude = rng.integers(0, g, q)
+    exclude[::2] = -1  # every other row excludes nothing
+    exclude[1] = targets[1]
+    subsets = np.stack([rng.choice(g, 6, replace=False) for _ in range(q)])
+    subsets[:, 0] = np.where(exclude >= 0, exclude, subsets[:, 0])
+    subsets[:, 1] = np.where(targets == exclude, subsets[:, 1], targets)
+    subsets[:, 5] = np.where(np.arange(q) % 3 == 0, -1, subsets[:, 5])  # some padding
+    r = ranking.rank(qe, ge, k=10, exclude_idx=exclude, target_idx=targets, subset_idx=subsets, block=5,
+                     backend=backend)
+    none = [None if e < 0 else int(e) for e in exclude]
+    np.testing.assert_array_equal(r.topk_idx, metrics.stable_topk(scores, 10, exclude))
+    np.testing.assert_array_equal(r.target_rank, metrics.target_ranks(scores, targets, exclude))
+    np.testing.assert_array_equal(r.subset_target_rank, metrics.subset_ranks(scores, targets, subsets, exclude))
+    ks = (1, 2, 5, 10, 19)
+    assert metrics.recall_at_k(scores, targets, ks, exclude_idx=exclude) == pytest.approx(
+        bf_recall(scores, targets, ks, none))
+    for row in range(q):
+        assert ranked(list(scores[row]), none[row])[:10] == list(r.topk_idx[row])
+        members = set(subsets[row].tolist()) - {-1, none[row]}
+        expect = [j for j in ranked(list(scores[row])) if j in members]
+        assert list(r.subset_order[row][: len(expect)]) == expect
+        assert r.subset_target_rank[row] == (expect.index(targets[row]) if targets[row] in expect else 6)

@@ -124,6 +124,7 @@ def test_fashioniq_slice_and_caption_protocols(shared_data_dir, tmp_path):
     b = fashioniq.load(src, "dress", "val", image_dir=str(tmp_path / "images"), on_missing="skip", limit=12)
     assert b.name == "fashioniq_dress" and b.family == "fashioniq" and not b.exclude_reference
     assert len(b.queries) == 12 and b.skipped == 0 and b.skipped_images == 3817 - len(b.gallery)
+    assert b.total_queries == 2017 and b.limited_to == 12  # the reader says it read only part of the file
     q = b.queries[0]
     c1, c2 = recs[0]["captions"]
     assert q.query_id == "dress-0" and q.reference == recs[0]["candidate"] and q.targets == (recs[0]["target"],)
@@ -132,13 +133,70 @@ def test_fashioniq_slice_and_caption_protocols(shared_data_dir, tmp_path):
     assert b.image_path(q.reference).endswith(".jpg")
 
     both = fashioniq.load(src, "dress", "val", caption_join="both_orders", check_images=False, limit=3)
-    assert both.queries[0].extra["texts"] == (q.text, f"{c2.strip('.?, ')} and {c1.strip('.?, ')}")
+    # SEARLE: neither of its two texts is capitalised; `text` is the first.
+    plain = f"{c1.strip('.?, ')} and {c2.strip('.?, ')}"
+    assert both.queries[0].extra["texts"] == (plain, f"{c2.strip('.?, ')} and {c1.strip('.?, ')}")
+    assert both.queries[0].text == plain
     assert fashioniq.join_and(" pink.", "is longer?") == "Pink and is longer"
 
     test = fashioniq.load(src, "toptee", "test", check_images=False)
     assert len(test.queries) == 2056 and not test.has_ground_truth and len(test.gallery) == 5374
+    assert test.total_queries == 2056 and test.limited_to is None
+    assert fashioniq.load(src, "dress", "val", check_images=False, limit=5000).limited_to is None  # nothing cut
     with pytest.raises(ValueError, match="caption_join"):
         fashioniq.load(src, "dress", "val", caption_join="or", check_images=False)
+
+
+# Real dress/val records, with the texts written out by hand from the official f-strings:
+#   CLIP4Cir src/validate.py: f"{c1.strip('.?, ').capitalize()} and {c2.strip('.?, ')}"
+#   SEARLE   src/validate.py: f"{c1.strip('.?, ')} and {c2.strip('.?, ')}"
+#                          and f"{c2.strip('.?, ')} and {c1.strip('.?, ')}" (both orders, averaged)
+FIQ_DRESS_VAL_TEXTS = {
+    # captions: "is a plain white feminine t shirt" / "is a tan shirt."
+    3: ("Is a plain white feminine t shirt and is a tan shirt",
+        "is a plain white feminine t shirt and is a tan shirt",
+        "is a tan shirt and is a plain white feminine t shirt"),
+    # captions: "is gold and strapless" / " button front longer sleeves"
+    6: ("Is gold and strapless and button front longer sleeves",
+        "is gold and strapless and button front longer sleeves",
+        "button front longer sleeves and is gold and strapless"),
+    # captions: " and black" / "the shoulder straps more resemble a crop top."
+    67: ("And black and the shoulder straps more resemble a crop top",
+         "and black and the shoulder straps more resemble a crop top",
+         "the shoulder straps more resemble a crop top and and black"),
+    # captions: "Is longer and more Asian-inspired" / "is longer and shiny black": capitalize() lower-cases "Asian"
+    99: ("Is longer and more asian-inspired and is longer and shiny black",
+         "Is longer and more Asian-inspired and is longer and shiny black",
+         "is longer and shiny black and Is longer and more Asian-inspired"),
+    # captions: " and red pattern. With short sleeves" / "More yellow and thinner strap"
+    148: ("And red pattern. with short sleeves and More yellow and thinner strap",
+          "and red pattern. With short sleeves and More yellow and thinner strap",
+          "More yellow and thinner strap and and red pattern. With short sleeves"),
+    # captions: "is white colored with British flag" / "is a t shirt with the British flag in the background and a
+    # phone booth in the front."
+    319: ("Is white colored with british flag and is a t shirt with the British flag in the background and a phone "
+          "booth in the front",
+          "is white colored with British flag and is a t shirt with the British flag in the background and a phone "
+          "booth in the front",
+          "is a t shirt with the British flag in the background and a phone booth in the front and is white colored "
+          "with British flag"),
+}
+
+
+def test_fashioniq_caption_joins_match_clip4cir_and_searle_exactly(shared_data_dir):
+    src = os.path.join(shared_data_dir, "fashioniq")
+    n = max(FIQ_DRESS_VAL_TEXTS) + 1
+    clip4cir = fashioniq.load(src, "dress", "val", check_images=False, limit=n)
+    searle = fashioniq.load(src, "dress", "val", caption_join="both_orders", check_images=False, limit=n)
+    for i, (and_text, first, second) in FIQ_DRESS_VAL_TEXTS.items():
+        assert clip4cir.queries[i].query_id == searle.queries[i].query_id == f"dress-{i}"
+        assert clip4cir.queries[i].text == and_text, i
+        assert "texts" not in clip4cir.queries[i].extra
+        assert searle.queries[i].extra["texts"] == (first, second), i
+        assert searle.queries[i].text == first, i
+        c1, c2 = searle.queries[i].extra["captions"]
+        assert fashioniq.join_and(c1, c2) == and_text
+        assert (fashioniq.join_plain(c1, c2), fashioniq.join_reversed(c1, c2)) == (first, second)
 
 
 def test_fashioniq_malformed_and_missing(shared_data_dir, tmp_path):

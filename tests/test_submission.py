@@ -100,8 +100,12 @@ def test_valid_and_broken_circo(circo_test, tmp_path):
     assert submission.validate_circo(sub) == []  # without annotations: ids 0..N-1
     cases = {
         "missing": (lambda o: o.pop("5"), "query id(s) missing"),
-        "str ids": (lambda o: o.update({"0": [str(i) for i in o["0"]]}), "COCO image ids (int)"),
-        "bool": (lambda o: o["0"].__setitem__(0, True), "COCO image ids (int)"),
+        "word ids": (lambda o: o["0"].__setitem__(0, "cat"), "COCO image ids (int"),
+        "float-like str": (lambda o: o["0"].__setitem__(0, "1.0"), "COCO image ids (int"),
+        "float": (lambda o: o["0"].__setitem__(0, 7.0), "COCO image ids (int"),
+        "bool": (lambda o: o["0"].__setitem__(0, True), "COCO image ids (int"),
+        "str dupes": (lambda o: o["2"].__setitem__(1, str(o["2"][0])), "repeated image ids"),
+        "same id twice": (lambda o: o.update({"007": o.pop("7")}) or o.update({"07": o["007"]}), "appears twice"),
         "short": (lambda o: o["1"].pop(), "49 ids, expected 50"),
         "dupes": (lambda o: o["2"].__setitem__(1, o["2"][0]), "repeated image ids"),
         "unknown": (lambda o: o.update({"800": o["0"]}), "unknown query id"),
@@ -110,7 +114,7 @@ def test_valid_and_broken_circo(circo_test, tmp_path):
     for label, (edit, expect) in cases.items():
         obj = copy.deepcopy(sub)
         edit(obj)
-        problems = submission.validate_circo(obj, ann)
+        problems = submission.check_circo(obj, ann).errors
         assert any(expect in p for p in problems), (label, problems)
 
 
@@ -122,3 +126,46 @@ def test_cli_as_module(circo_test, tmp_path):
     run = subprocess.run([sys.executable, "-m", "zscir_jax.evaluation.validate", path, "--format", "circo",
                           "--annotations", ann], capture_output=True, text=True, cwd=os.path.dirname(__file__) + "/..")
     assert run.returncode == 1 and "query 3: 10 ids, expected 50" in run.stdout
+
+
+def test_circo_numeric_strings_are_accepted_with_a_warning(circo_test, tmp_path, capsys):
+    """CIRCO's scorer casts query ids and image ids with int(): numeric strings pass, with a warning."""
+    ann, sub = circo_test
+    obj = copy.deepcopy(sub)
+    obj["0"] = [str(i) for i in obj["0"]]
+    obj["1"] = [f" {i}" for i in obj["1"]]
+    obj["0012"] = obj.pop("12")
+    report = submission.check_circo(obj, ann)
+    assert report.ok and report.errors == []
+    assert len(report.warnings) == 2
+    assert any("2 query(ies) give image ids as strings" in w for w in report.warnings)
+    assert any("'0012'" in w for w in report.warnings)
+    assert submission.check_circo(sub, ann).warnings == []  # the writer's output is the canonical form
+    assert submission.check_circo({int(k): v for k, v in sub.items()}, ann) == submission.Report()  # int keys
+    with pytest.warns(submission.SubmissionWarning) as caught:
+        assert submission.validate_circo(obj, ann) == []  # the old list-of-errors API still says "valid"
+    assert [str(w.message) for w in caught] == report.warnings
+
+    path = submission.write_json(str(tmp_path / "s.json"), obj)
+    with pytest.warns(submission.SubmissionWarning) as caught:
+        assert submission.validate_file(path, "circo", ann) == []
+    assert len(caught) == 2
+    assert submission.check_file(path, "circo", ann).warnings == report.warnings
+    assert validate.main([path, "--format", "circo", "--annotations", ann]) == 0
+    out = capsys.readouterr().out
+    assert f"{path}: warning: 2 query(ies) give image ids as strings" in out
+    assert out.rstrip().endswith(f"{path}: ok (2 warnings)")
+    run = subprocess.run([sys.executable, "-m", "zscir_jax.evaluation.validate", path, "--format", "circo",
+                          "--annotations", ann], capture_output=True, text=True, cwd=os.path.dirname(__file__) + "/..")
+    assert run.returncode == 0 and "warning:" in run.stdout and "ok (2 warnings)" in run.stdout
+
+    # Warnings never hide errors: a non-numeric string is still an error, and the exit status is 1.
+    obj["3"] = ["x"] + obj["3"][1:]
+    bad = submission.write_json(str(tmp_path / "bad.json"), obj)
+    report = submission.check_file(bad, "circo", ann)
+    assert report.errors == ["query 3: value must be a list of COCO image ids (int, or a string of digits)"]
+    assert len(report.warnings) == 2
+    assert validate.main([bad, "--format", "circo", "--annotations", ann]) == 1
+    out = capsys.readouterr().out
+    assert "query 3: value must be a list" in out and "warning:" in out
+    assert not any(line.endswith((": ok", "warnings)")) for line in out.splitlines())

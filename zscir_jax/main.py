@@ -13,6 +13,11 @@ import ast
 import os
 import sys
 
+# TensorFlow (imported by CLU's TensorBoard writer and TFDS; it computes nothing here) prints C++ start-up lines on
+# stderr before any flag is read: its oneDNN notice and INFO logs. A user's own settings of these variables win.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -137,7 +142,6 @@ def quiet_libraries() -> None:
     progress bars, warnings and tables are printed regardless."""
     if flags.FLAGS["verbosity"].present:
         return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up lines (CLU imports it)
     logging.set_verbosity(logging.WARNING)
     import logging as py_logging
 

@@ -42,6 +42,8 @@ class Benchmark:
     exclude_reference: bool = False  # protocol default: drop the reference from its own ranking (CIRR: True)
     skipped: int = 0  # queries dropped by on_missing="skip"
     skipped_images: int = 0  # gallery images dropped by on_missing="skip"
+    total_queries: int | None = None  # query records in the annotation file, before limit and skip (None: unknown)
+    limited_to: int | None = None  # the reader's ``limit`` when it cut the file short (None: every record was read)
 
     @property
     def family(self) -> str:

@@ -78,8 +78,10 @@ def load(
     records = load_json(ann_path)
     if not isinstance(records, list):
         raise AnnotationError(f"{ann_path}: expected a list of records, got {type(records).__name__}")
+    total_queries = len(records)
     if limit is not None:
         records = records[:limit]
+    limited_to = limit if len(records) < total_queries else None
 
     if gallery_ids is not None:
         ids, source = [int(i) for i in gallery_ids], "the gallery_ids argument"
@@ -143,4 +145,6 @@ def load(
         exclude_reference=False,
         skipped=skipped,
         skipped_images=skipped_images,
+        total_queries=total_queries,
+        limited_to=limited_to,
     )

@@ -72,8 +72,10 @@ def load(
     records = load_json(cap_path)
     if not isinstance(records, list):
         raise AnnotationError(f"{cap_path}: expected a list of records, got {type(records).__name__}")
+    total_queries = len(records)
     if limit is not None:
         records = records[:limit]
+    limited_to = limit if len(records) < total_queries else None
     # test1 hides the targets; every other split must carry them.
     has_gt = split != "test1"
     checker = ImageChecker(check_images, on_missing)
@@ -123,4 +125,6 @@ def load(
         exclude_reference=True,
         skipped=skipped,
         skipped_images=skipped_images,
+        total_queries=total_queries,
+        limited_to=limited_to,
     )

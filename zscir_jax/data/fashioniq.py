@@ -5,12 +5,17 @@
     root/images/<ASIN>.png (or .jpg)
 
 ``candidate`` is the reference image. The two captions of a pair become one query text; protocols
-(``caption_join``):
+(``caption_join``), each reproducing its source's f-string character for character:
 
-- ``"and"`` (CLIP4Cir / most papers): ``f"{c1.strip('.?, ').capitalize()} and {c2.strip('.?, ')}"``.
-- ``"both_orders"`` (SEARLE): the query is encoded for both ``"C1 and c2"`` (as above) and ``"c2 and c1"``
-  (``f"{c2.strip('.?, ')} and {c1.strip('.?, ')}"``) and the two normalised embeddings are averaged; the texts are
-  in ``extra["texts"]`` (the evaluator averages them), ``text`` holds the first.
+- ``"and"`` (CLIP4Cir ``src/validate.py`` / most papers), :func:`join_and`:
+  ``f"{c1.strip('.?, ').capitalize()} and {c2.strip('.?, ')}"``. Note that ``str.capitalize`` also lower-cases the
+  rest of the first caption ("Is more Asian-inspired" -> "Is more asian-inspired").
+- ``"both_orders"`` (SEARLE ``src/validate.py``, ``fiq_generate_val_predictions``): the query is encoded for both
+  ``f"{c1.strip('.?, ')} and {c2.strip('.?, ')}"`` (:func:`join_plain`) and
+  ``f"{c2.strip('.?, ')} and {c1.strip('.?, ')}"`` (:func:`join_reversed`), neither capitalised, and the two
+  normalised embeddings are averaged; the texts are in ``extra["texts"]`` (the evaluator averages them), ``text``
+  holds the first. (SEARLE then wraps each in its own prompt, ``"a photo of $ that {text}"``: that is the method's
+  business, not the reader's.)
 
 The raw pair is always in ``extra["captions"]``. The reference is kept in the ranking (``exclude_reference=False``),
 as in the published FashionIQ evaluations.
@@ -39,10 +44,17 @@ def _clean(c: str) -> str:
 
 
 def join_and(c1: str, c2: str) -> str:
+    """CLIP4Cir's validation text: the first caption capitalised (``str.capitalize``), then " and " the second."""
     return f"{_clean(c1).capitalize()} and {_clean(c2)}"
 
 
+def join_plain(c1: str, c2: str) -> str:
+    """SEARLE's first text: both captions cleaned, in order, nothing capitalised."""
+    return f"{_clean(c1)} and {_clean(c2)}"
+
+
 def join_reversed(c1: str, c2: str) -> str:
+    """SEARLE's second text: the captions swapped, nothing capitalised."""
     return f"{_clean(c2)} and {_clean(c1)}"
 
 
@@ -89,8 +101,10 @@ def load(
     records = load_json(cap_path)
     if not isinstance(records, list):
         raise AnnotationError(f"{cap_path}: expected a list of records, got {type(records).__name__}")
+    total_queries = len(records)
     if limit is not None:
         records = records[:limit]
+    limited_to = limit if len(records) < total_queries else None
     has_gt = split != "test"
     checker = ImageChecker(check_images, on_missing)
     paths = {a: os.path.abspath(image_file(image_dir, a, image_ext)) for a in asins}
@@ -116,10 +130,12 @@ def load(
         if not checker.query_ok(paths, names, cap_path, where) or not in_gallery.issuperset(targets):
             skipped += 1
             continue
-        text = join_and(*captions)
         extra = {"captions": tuple(captions)}
         if caption_join == "both_orders":
+            text = join_plain(*captions)
             extra["texts"] = (text, join_reversed(*captions))
+        else:
+            text = join_and(*captions)
         queries.append(
             CIRQuery(query_id=f"{category}-{i}", reference=reference, text=text, targets=targets, extra=extra)
         )
@@ -134,4 +150,6 @@ def load(
         exclude_reference=False,
         skipped=skipped,
         skipped_images=skipped_images,
+        total_queries=total_queries,
+        limited_to=limited_to,
     )

@@ -12,7 +12,12 @@ Layout written by ``build(root)`` (the CIRR readers work on it unchanged):
     root/{train/<k>,dev,test1}/<name>.png
     root/captions/train_captions.json          name -> caption   (train: images + captions only, no triplets)
     root/scenes/{train,val,test1}.json         name -> scene dict (structure for the rule-based synthesizer)
+    root/fashioniq/...                         the same val / test1 queries in the FashionIQ layout (``fashioniq.load``)
+    root/circo/...                             the same val / test1 queries in the CIRCO layout (``circo.load``)
     root/DONE                                  the parameters; ``build`` is skipped when they match
+
+The two extra layouts reuse the CIRR renderings (hard links, copies where the file system has none), so they add
+no rendering; see ``fashioniq_root`` and ``circo_root`` for what they hold and how they are derived.
 
 Query design (why it is neither image-only nor text-only solvable): every query group holds a reference R, two
 one-edit variants V1, V2 (the targets of two queries), a near miss V3 (the same edit on the same object with another
@@ -31,7 +36,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from zscir_jax.data import scene_render
+from zscir_jax.data import circo, scene_render
 
 SHAPES = ("circle", "square", "triangle", "diamond", "cross", "ring")
 COLOURS = tuple(scene_render.COLOUR_RGB)
@@ -42,7 +47,17 @@ _AT = {"top left": "at", "top": "at", "top right": "at", "left": "on", "centre":
        "bottom left": "at", "bottom": "at", "bottom right": "at"}
 OPS = ("colour", "shape", "size", "move", "add", "remove")
 MAX_OBJECTS = 3
-FORMAT_VERSION = 1
+# 2: adds the FashionIQ and CIRCO layouts (a root of version 1 is rebuilt; its CIRR files come out identical).
+FORMAT_VERSION = 2
+LAYOUTS = ("cirr", "fashioniq", "circo")
+
+# FashionIQ category of a query group: the shape of its reference's first object in grid order (two shapes each,
+# so the three categories are about equally large; every group lands in exactly one category).
+FASHIONIQ_CATEGORY_SHAPES = {"dress": ("circle", "ring"), "shirt": ("square", "diamond"),
+                             "toptee": ("triangle", "cross")}
+# CIRCO semantic_aspects of each edit op: the op itself, plus "cardinality" where the number of objects changes.
+CIRCO_ASPECTS = {"colour": ("colour",), "shape": ("shape",), "size": ("size",), "move": ("position",),
+                 "add": ("addition", "cardinality"), "remove": ("removal", "cardinality")}
 
 
 def at_position(cell: int) -> str:
@@ -397,23 +412,204 @@ def _render_all(root: str, split: str, items, image_size: int, seed: int) -> Non
 
 
 def _params(**kw) -> dict[str, Any]:
-    return {"format_version": FORMAT_VERSION, **kw}
+    return {"format_version": FORMAT_VERSION, "layouts": list(LAYOUTS), **kw}
+
+
+def fashioniq_root(root: str) -> str:
+    """Where ``build(root)`` writes the FashionIQ layout; ``fashioniq.load(fashioniq_root(root), cat, split)`` reads it.
+
+        captions/cap.{dress,shirt,toptee}.{val,test}.json   [{target, candidate, captions: [c1, c2]}] (test: no target)
+        image_splits/split.{dress,shirt,toptee}.{val,test}.json   [name, ...]: the gallery of that category and split
+        images/<name>.png                                          the CIRR val / test1 renderings (hard links)
+
+    FashionIQ ``val`` holds the CIRR val queries, ``test`` the test1 queries; image names are the CIRR names. The
+    category of a query group is ``fashioniq_category(reference scene)``: the shape of the reference's first object in
+    grid order (circle / ring -> dress, square / diamond -> shirt, triangle / cross -> toptee). All six scenes of the
+    group (reference, targets, near misses) go into that category's gallery, so each category keeps CIRR's hard
+    negatives. The two captions are two different phrasings (two distinct templates of ``PHRASINGS``) of the query's
+    edit, drawn from their own seeded stream, so the CIRR files do not depend on this layout.
+    """
+    return os.path.join(root, "fashioniq")
+
+
+def circo_root(root: str) -> str:
+    """Where ``build(root)`` writes the CIRCO layout; ``circo.load(circo_root(root), split)`` reads it.
+
+        annotations/{val,test}.json        [{reference_img_id, target_img_id, relative_caption, shared_concept,
+                                             gt_img_ids, id, semantic_aspects}] (test: reference, caption, concept, id)
+        COCO2017_unlabeled/unlabeled2017/<id:012d>.jpg   the gallery: every CIRR val and test1 rendering (hard links;
+                                             the files are the PNG renderings under COCO's names, decoded by content)
+        COCO2017_unlabeled/annotations/image_info_unlabeled2017.json   {"images": [{id, file_name, ...}]} by id
+        scene_names.json                   {"<id>": CIRR image name} (see ``circo_scenes``)
+
+    CIRCO ``val`` holds the CIRR val queries, ``test`` the test1 queries, over one shared gallery (as CIRCO's COCO
+    gallery); the reference is a gallery image. Image ids are distinct 6-digit numbers drawn from the seed, so an id
+    says nothing about a scene's role. ``relative_caption`` is the query's CIRR caption; ``semantic_aspects`` is
+    ``CIRCO_ASPECTS[op]``; ``shared_concept`` is ``shared_concept(reference, edit)``.
+
+    Ground truth (``circo_satisfies``): every gallery scene that equals the target (the edit applied to the reference)
+    up to the positions the edit does not mention. That is, a scene is a ground truth when its objects match the
+    target's one to one on shape, colour and size, and, for a move or an add (edits that name a cell), the moved /
+    added object is also in the named cell; all other positions are free. The reference never qualifies (an edit
+    always changes the multiset of objects or, for a move, the cell it names is free in the reference).
+    ``gt_img_ids`` lists the target first (``target_img_id``), then the other ground truths by id.
+    """
+    return os.path.join(root, "circo")
+
+
+def fashioniq_category(scene: Scene) -> str:
+    """The FashionIQ category of a query group with reference ``scene`` (see ``fashioniq_root``)."""
+    shape = scene.objects[0].shape
+    return next(cat for cat, shapes in FASHIONIQ_CATEGORY_SHAPES.items() if shape in shapes)
+
+
+def edit_texts(scene: Scene, edit: Edit, rng: np.random.Generator, n: int = 2,
+               phrasings: dict[str, Sequence[str]] | None = None) -> list[str]:
+    """``n`` phrasings of one edit from ``n`` distinct templates (so the texts differ), like ``edit_text``."""
+    templates = list((phrasings or PHRASINGS)[edit.op])
+    out = []
+    for k in rng.choice(len(templates), size=n, replace=False):
+        text = templates[int(k)].format(**edit_fields(scene, edit, rng))
+        out.append(text[0].lower() + text[1:])
+    return out
+
+
+def shared_concept(scene: Scene, edit: Edit) -> str:
+    """CIRCO's ``shared_concept``: what the reference and the ground truths share. The reference objects whose
+    shape, colour and size the edit leaves alone (a moved object included), without positions ("a large red circle
+    and a small blue square"); when the edit changes the only object, that object without the changed attribute
+    ("a large circle" for a colour edit, "a small red shape" for a shape edit, "an orange circle" for a size
+    edit)."""
+    touched = None if edit.op == "add" else edit.index
+    rest = [o.phrase(with_position=False) for i, o in enumerate(scene.objects) if i != touched or edit.op == "move"]
+    if rest:
+        return " and ".join(rest)
+    o = scene.objects[edit.index]
+    words = " ".join(w for w in (o.size if edit.op != "size" else "", o.colour if edit.op != "colour" else "",
+                                 o.shape if edit.op != "shape" else "shape") if w)
+    return ("an " if words[0] in "aeiou" else "a ") + words
+
+
+def circo_satisfies(reference: Scene, edit: Edit, candidate: Scene) -> bool:
+    """The CIRCO ground-truth rule (see ``circo_root``): ``candidate`` equals ``apply_edit(reference, edit)`` up to
+    the positions the edit does not mention."""
+    if candidate == reference:
+        return False
+    return _circo_key(candidate) == _circo_key(apply_edit(reference, edit)) and _pinned_ok(reference, edit, candidate)
+
+
+def _circo_key(scene: Scene) -> tuple:
+    return tuple(sorted((o.shape, o.colour, o.size) for o in scene.objects))
+
+
+def _pinned_ok(reference: Scene, edit: Edit, candidate: Scene) -> bool:
+    if edit.op not in ("move", "add"):
+        return True
+    return edited_object(reference, edit) in candidate.objects
+
+
+def _link(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # no hard links here (another file system, FAT, ...): copy
+        shutil.copyfile(src, dst)
+
+
+@dataclasses.dataclass
+class _Group:
+    """One query group of a CIRR split as generated: names / scenes in group order (reference first) and its queries
+    as (target position in the group, edit, CIRR caption)."""
+    names: list[str]
+    scenes: list[Scene]
+    queries: list[tuple[int, Edit, str]]
+
+
+def _write_fashioniq(root: str, groups: dict[str, list[_Group]], seed: int) -> None:
+    froot = fashioniq_root(root)
+    image_dir = os.path.join(froot, "images")
+    for sub in ("captions", "image_splits", "images"):
+        os.makedirs(os.path.join(froot, sub), exist_ok=True)
+    for split, fiq_split in (("val", "val"), ("test1", "test")):
+        rng = np.random.default_rng([seed, _SPLIT_CODE[split], 101])
+        caps: dict[str, list] = {c: [] for c in FASHIONIQ_CATEGORY_SHAPES}
+        gallery: dict[str, list] = {c: [] for c in FASHIONIQ_CATEGORY_SHAPES}
+        for grp in groups[split]:
+            cat = fashioniq_category(grp.scenes[0])
+            gallery[cat] += sorted(grp.names)  # name suffixes are shuffled: this order hides the roles
+            for tgt, edit, _ in grp.queries:
+                c1, c2 = edit_texts(grp.scenes[0], edit, rng)
+                rec = {"target": grp.names[tgt]} if fiq_split != "test" else {}
+                rec.update(candidate=grp.names[0], captions=[c1, c2])
+                caps[cat].append(rec)
+            for name in grp.names:
+                _link(os.path.join(root, _rel_path(split, name, 0)), os.path.join(image_dir, name + ".png"))
+        for cat in FASHIONIQ_CATEGORY_SHAPES:
+            _write_json(os.path.join(froot, "captions", f"cap.{cat}.{fiq_split}.json"), caps[cat])
+            _write_json(os.path.join(froot, "image_splits", f"split.{cat}.{fiq_split}.json"), gallery[cat])
+
+
+def _write_circo(root: str, groups: dict[str, list[_Group]], seed: int, image_size: int) -> None:
+    croot = circo_root(root)
+    coco = os.path.join(croot, "COCO2017_unlabeled")
+    image_dir = os.path.join(coco, "unlabeled2017")
+    for d in (os.path.join(croot, "annotations"), image_dir, os.path.join(coco, "annotations")):
+        os.makedirs(d, exist_ok=True)
+    entries = [(split, name, scene) for split in ("val", "test1") for grp in groups[split]
+               for name, scene in zip(grp.names, grp.scenes)]
+    rng = np.random.default_rng([seed, 102])
+    ids = [int(i) for i in rng.choice(900_000, size=len(entries), replace=False) + 100_000]
+    id_of = {name: i for (_, name, _), i in zip(entries, ids)}
+    by_key: dict[tuple, list[tuple[int, Scene]]] = {}
+    for (split, name, scene), i in zip(entries, ids):
+        _link(os.path.join(root, _rel_path(split, name, 0)), os.path.join(image_dir, circo.image_name(i)))
+        by_key.setdefault(_circo_key(scene), []).append((i, scene))
+    for split, circo_split in (("val", "val"), ("test1", "test")):
+        records = []
+        for grp in groups[split]:
+            ref = grp.scenes[0]
+            ref_id = id_of[grp.names[0]]
+            for tgt, edit, caption in grp.queries:
+                concept = shared_concept(ref, edit)
+                if circo_split == "test":
+                    records.append({"reference_img_id": ref_id, "relative_caption": caption,
+                                    "shared_concept": concept, "id": len(records)})
+                    continue
+                target_id = id_of[grp.names[tgt]]
+                target = apply_edit(ref, edit)
+                others = sorted(i for i, s in by_key.get(_circo_key(target), ())
+                                if i not in (target_id, ref_id) and _pinned_ok(ref, edit, s))
+                records.append({"reference_img_id": ref_id, "target_img_id": target_id,
+                                "relative_caption": caption, "shared_concept": concept,
+                                "gt_img_ids": [target_id] + others, "id": len(records),
+                                "semantic_aspects": list(CIRCO_ASPECTS[edit.op])})
+        _write_json(os.path.join(croot, "annotations", f"{circo_split}.json"), records)
+    images = [{"id": i, "file_name": circo.image_name(i), "width": image_size, "height": image_size}
+              for i in sorted(ids)]
+    _write_json(os.path.join(coco, "annotations", "image_info_unlabeled2017.json"), {"images": images})
+    _write_json(os.path.join(croot, "scene_names.json"), {str(i): name for name, i in sorted(id_of.items(),
+                                                                                            key=lambda x: x[1])})
+
+
+# The files whose presence says a layout is complete (DONE is written last, but a layout may have been deleted).
+_LAYOUT_FILES = ("captions/cap.rc2.val.json", "fashioniq/captions/cap.toptee.test.json",
+                 "circo/COCO2017_unlabeled/annotations/image_info_unlabeled2017.json")
 
 
 def build(root: str, *, num_train: int = 5000, num_val_queries: int = 1000, num_test_queries: int = 1000,
           image_size: int = 64, seed: int = 0, force: bool = False) -> str:
     """Generates the benchmark under ``root`` (see the module docstring) and returns ``root``.
 
-    Skipped when ``root/DONE`` records the same parameters (unless ``force``); stale outputs are removed first.
+    Skipped when ``root/DONE`` records the same parameters (format version and layouts included) and every layout is
+    there (unless ``force``); otherwise stale outputs are removed first and everything is written again.
     """
     params = _params(num_train=num_train, num_val_queries=num_val_queries, num_test_queries=num_test_queries,
                      image_size=image_size, seed=seed)
     done = os.path.join(root, "DONE")
-    if not force and os.path.isfile(done):
+    if not force and os.path.isfile(done) and all(os.path.isfile(os.path.join(root, f)) for f in _LAYOUT_FILES):
         with open(done) as f:
             if json.load(f) == params:
                 return root
-    for sub in ("captions", "image_splits", "scenes", "train", "dev", "test1", "DONE"):
+    for sub in ("captions", "image_splits", "scenes", "train", "dev", "test1", "fashioniq", "circo", "DONE"):
         p = os.path.join(root, sub)
         if os.path.isdir(p):
             shutil.rmtree(p)
@@ -439,9 +635,10 @@ def build(root: str, *, num_train: int = 5000, num_val_queries: int = 1000, num_
     _write_json(os.path.join(root, "scenes", "train.json"), {n: s.to_dict() for n, _, s, *_ in items})
 
     pairid = 0
+    groups: dict[str, list[_Group]] = {}  # what the FashionIQ and CIRCO layouts are written from
     for split, num_queries in (("val", num_val_queries), ("test1", num_test_queries)):
         rng = np.random.default_rng([seed, _SPLIT_CODE[split]])
-        items, queries = [], []
+        items, queries, groups[split] = [], [], []
         for g in range((num_queries + 1) // 2):
             group, edits = _query_group(rng, used)
             # Shuffled name suffixes, so a name never tells the reference or the target apart.
@@ -449,6 +646,7 @@ def build(root: str, *, num_train: int = 5000, num_val_queries: int = 1000, num_
             names = [f"{_PREFIX[split]}-{g}-{k}" for k in ids]
             items += [(n, _rel_path(split, n, g), s, g, int(k)) for n, s, k in zip(names, group, ids)]
             members = [names[i] for i in rng.permutation(len(names))]
+            grp = _Group(names, list(group), [])
             for q, edit in enumerate(edits[: num_queries - 2 * g]):
                 ref, tgt = names[0], names[1 + q]
                 entry = {"pairid": pairid, "reference": ref}
@@ -460,12 +658,16 @@ def build(root: str, *, num_train: int = 5000, num_val_queries: int = 1000, num_
                     img_set["target_rank"] = members.index(tgt)
                 entry["img_set"] = img_set
                 queries.append(entry)
+                grp.queries.append((1 + q, edit, entry["caption"]))
                 pairid += 1
+            groups[split].append(grp)
         _render_all(root, split, items, image_size, seed)
         _write_json(os.path.join(root, "captions", f"cap.rc2.{split}.json"), queries)
         _write_json(os.path.join(root, "image_splits", f"split.rc2.{split}.json"), {n: r for n, r, *_ in items})
         _write_json(os.path.join(root, "scenes", f"{split}.json"), {n: s.to_dict() for n, _, s, *_ in items})
 
+    _write_fashioniq(root, groups, seed)
+    _write_circo(root, groups, seed, image_size)
     _write_json(done, params)
     return root
 
@@ -489,3 +691,11 @@ def train_pairs(root: str) -> list[tuple[str, str]]:
     with open(os.path.join(root, "captions", "train_captions.json")) as f:
         captions = json.load(f)
     return [(path, captions[name]) for name, path in image_paths(root, "train").items()]
+
+
+def circo_scenes(root: str) -> dict[int, Scene]:
+    """CIRCO image id -> Scene for the gallery ``build(root)`` wrote under ``circo_root(root)``."""
+    with open(os.path.join(circo_root(root), "scene_names.json")) as f:
+        names = json.load(f)
+    by_name = {**load_scenes(root, "val"), **load_scenes(root, "test1")}
+    return {int(i): by_name[name] for i, name in names.items()}

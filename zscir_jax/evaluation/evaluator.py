@@ -9,6 +9,12 @@ Per benchmark family:
              (mean of recall@5 and recall_subset@1, the number the CIRR papers quote)
   fashioniq  recall@10/50, reference kept in the ranking (the protocol of CLIP4Cir / SEARLE)
   circo      map@5/10/25/50 over all ground truths, recall@5/10/25/50 on target_img_id, map@10/<semantic aspect>
+
+Coverage: every result (returned dict and JSON) says how much of the split was evaluated: ``num_queries`` (ranked),
+``total_queries`` (query records in the annotation file), ``skipped_queries`` (dropped by the reader's
+``on_missing="skip"``), ``limited_to`` (the reader's ``limit`` when it cut the file short, else null),
+``skipped_gallery_images`` and ``complete`` (true only when nothing was left out). A partial run also says so under
+its terminal table and in its log line.
 """
 from __future__ import annotations
 
@@ -86,7 +92,8 @@ def evaluate(
     block: int = 256,
     backend: str = "numpy",
 ) -> dict:
-    """Evaluate ``encoder`` on ``benchmark``; returns a flat dict of metrics (percent) and timings (seconds).
+    """Evaluate ``encoder`` on ``benchmark``; returns a flat dict of metrics (percent), timings (seconds) and the
+    coverage of the split (see :func:`coverage`).
 
     exclude_reference: drop the reference from its own ranking; None takes the benchmark's protocol default.
     joint_encoder / joint_weight: score = sim(query, img) + joint_weight * sim(joint query, img) (joint inference).
@@ -133,9 +140,10 @@ def evaluate(
     out: dict = {}
     if benchmark.has_ground_truth:
         out.update(_metrics(benchmark, family, result, index))
+    out["num_queries"] = nq
+    out.update(coverage(benchmark))
     out.update(
         {
-            "num_queries": nq,
             "gallery_size": len(benchmark.gallery),
             "seconds_gallery": t1 - t0,
             "seconds_queries": t2 - t1,
@@ -152,11 +160,49 @@ def evaluate(
         if num_pictures > 0:
             _save_pictures(os.path.join(eval_dir, f"{tag}.png"), benchmark, result, num_pictures)
     shown = {k: v for k, v in out.items() if "@" in k or k == "recall_avg"}
+    note = partial_note(out)
     if shown:
-        log(report.format_table({tag: shown}))
+        table = report.format_table({tag + (" *" if note else ""): shown})
+        log(table + (f"\n* {note}" if note else ""))
     log(f"{tag}: {nq} queries, gallery {len(benchmark.gallery)}"
-        f"{' (cached)' if from_cache else ''}; {out['seconds_per_1k_queries']:.2f} s per 1k queries")
+        f"{' (cached)' if from_cache else ''}; {out['seconds_per_1k_queries']:.2f} s per 1k queries"
+        f"{'; ' + note if note else ''}")
     return out
+
+
+def coverage(benchmark: Benchmark) -> dict:
+    """How much of the split the benchmark holds (the JSON keys documented in the module docstring).
+
+    ``total_queries`` comes from the reader (``Benchmark.total_queries``); a reader that did not record it is taken to
+    have read the whole file, i.e. ranked + skipped queries (``limited_to`` is then unknown and null).
+    """
+    nq, skipped = len(benchmark.queries), int(benchmark.skipped)
+    total = benchmark.total_queries if benchmark.total_queries is not None else nq + skipped
+    limited = benchmark.limited_to
+    return {
+        "total_queries": int(total),
+        "skipped_queries": skipped,
+        "limited_to": None if limited is None else int(limited),
+        "skipped_gallery_images": int(benchmark.skipped_images),
+        "complete": nq == total and skipped == 0 and limited is None and benchmark.skipped_images == 0,
+    }
+
+
+def partial_note(out: Mapping) -> str:
+    """One line saying what a partial evaluation left out ("" for a complete one)."""
+    if out.get("complete", True):
+        return ""
+    parts = []
+    if out.get("limited_to") is not None:
+        parts.append(f"limited to the first {out['limited_to']} of {out['total_queries']} query records")
+    if out.get("skipped_queries"):
+        parts.append(f"{out['skipped_queries']} queries skipped by the reader (on_missing='skip')")
+    if out.get("skipped_gallery_images"):
+        parts.append(f"{out['skipped_gallery_images']} gallery images skipped (missing on disk)")
+    evaluated = out.get("num_queries")
+    if evaluated is not None and out.get("total_queries") is not None:
+        parts.insert(0, f"{evaluated} of {out['total_queries']} queries evaluated")
+    return "PARTIAL evaluation: " + "; ".join(parts)
 
 
 def _index_of(index: Mapping[str, int], name: str, query, benchmark: Benchmark) -> int:
@@ -257,5 +303,6 @@ def evaluate_fashioniq(
         per_cat[b.name.removeprefix("fashioniq_")] = evaluate(b, encoder, log=log, **kwargs)
     rows = fashioniq_average(per_cat)
     if log:
-        log(report.format_table(rows))
+        notes = [f"{cat}: {partial_note(r)}" for cat, r in per_cat.items() if partial_note(r)]
+        log(report.format_table(rows) + "".join(f"\n* {n}" for n in notes))
     return rows

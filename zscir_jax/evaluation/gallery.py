@@ -32,7 +32,9 @@ def encode_in_batches(
 ) -> np.ndarray:
     """Call ``encode_batch(start, stop)`` over [0, n) and stack the L2-normalised results."""
     out = []
-    with tqdm(total=n, desc=desc, unit="img", disable=not log_progress, leave=False) as bar:
+    with tqdm(total=n, desc=desc, unit="img", leave=False,
+              # On a terminal only: in a log file dozens of short bars would bury the results.
+              disable=None if log_progress else True) as bar:
         for start in range(0, n, batch_size):
             stop = min(start + batch_size, n)
             emb = np.asarray(encode_batch(start, stop), np.float32)

@@ -12,6 +12,9 @@ Definitions (checked against the official code):
   CIRCO's Recall@K counts only ``target_img_id``.
 
 The ``*_from_*`` variants take ranks or top-k lists (see ``ranking.py``) so that big galleries never need a full sort.
+
+``exclude_idx`` (every function that takes it, and ``ranking.rank``): None, or [Q] gallery indices where ``-1`` means
+"exclude nothing for this query" (never numpy's "last item"); any other value outside ``[0, G)`` is an error.
 """
 from __future__ import annotations
 
@@ -29,11 +32,24 @@ def _scores(scores) -> np.ndarray:
     return s
 
 
+def exclusion(exclude_idx, num_queries: int, gallery_size: int) -> np.ndarray | None:
+    """``exclude_idx`` as an int64 [Q] array with -1 for "none" (None stays None); rejects other out-of-range values."""
+    if exclude_idx is None:
+        return None
+    e = np.asarray(exclude_idx, dtype=np.int64).reshape(num_queries)
+    bad = (e < -1) | (e >= gallery_size)
+    if bad.any():
+        raise ValueError(
+            f"exclude_idx must be -1 (none) or a gallery index in [0, {gallery_size}), got {int(e[bad][0])}"
+        )
+    return e
+
+
 def target_ranks(scores, target_idx, exclude_idx=None) -> np.ndarray:
     """0-based rank of each query's target in the stable descending order, after removing ``exclude_idx``.
 
     rank = #{j : s_j > s_t} + #{j < t : s_j == s_t}, not counting the excluded item. A target that is itself
-    excluded gets rank G (never retrieved).
+    excluded gets rank G (never retrieved). ``exclude_idx`` -1 entries exclude nothing.
     """
     s = _scores(scores)
     q, g = s.shape
@@ -42,10 +58,11 @@ def target_ranks(scores, target_idx, exclude_idx=None) -> np.ndarray:
     ts = s[rows, t][:, None]
     before = (s > ts) | ((s == ts) & (np.arange(g)[None, :] < t[:, None]))
     ranks = before.sum(axis=1)
-    if exclude_idx is not None:
-        e = np.asarray(exclude_idx, dtype=np.int64).reshape(q)
-        ranks = ranks - before[rows, e]
-        ranks = np.where(e == t, g, ranks)
+    e = exclusion(exclude_idx, q, g)
+    if e is not None:
+        has = e >= 0
+        ranks = ranks - (has & before[rows, np.where(has, e, 0)])
+        ranks = np.where(has & (e == t), g, ranks)
     return ranks.astype(np.int64)
 
 
@@ -55,45 +72,59 @@ def recall_from_ranks(ranks, ks: Sequence[int]) -> dict[int, float]:
 
 
 def recall_at_k(scores, target_idx, ks=(1, 5, 10, 50), exclude_idx=None) -> dict[int, float]:
-    """Recall@K in percent; ``exclude_idx`` [Q] removes that gallery item from its query's ranking (CIRR)."""
+    """Recall@K in percent; ``exclude_idx`` [Q] removes that gallery item from its query's ranking (CIRR; -1: none)."""
     return recall_from_ranks(target_ranks(scores, target_idx, exclude_idx), ks)
 
 
 def subset_ranks(scores, target_idx, subset_idx, exclude_idx=None) -> np.ndarray:
-    """0-based rank of the target within its subset (minus ``exclude_idx``; duplicates counted once)."""
+    """0-based rank of the target within its subset (minus ``exclude_idx``; duplicates counted once).
+
+    -1 entries of ``subset_idx`` are padding (no member) and -1 entries of ``exclude_idx`` exclude nothing. A target
+    outside its subset, or excluded, gets rank S (the subset width).
+    """
     s = _scores(scores)
-    q = s.shape[0]
+    q, g = s.shape
     sub = np.asarray(subset_idx, dtype=np.int64).reshape(q, -1)
     t = np.asarray(target_idx, dtype=np.int64).reshape(q)
+    if ((sub < -1) | (sub >= g)).any():
+        raise ValueError(f"subset_idx must hold gallery indices in [0, {g}) or -1 (padding)")
     rows = np.arange(q)
-    ss = s[rows[:, None], sub]
+    ss = s[rows[:, None], np.maximum(sub, 0)]
     ts = s[rows, t][:, None]
-    valid = sub != t[:, None]
-    if exclude_idx is not None:
-        e = np.asarray(exclude_idx, dtype=np.int64).reshape(q)
-        valid &= sub != e[:, None]
+    valid = (sub != t[:, None]) & (sub >= 0)
+    e = exclusion(exclude_idx, q, g)
+    if e is not None:
+        valid &= (sub != e[:, None]) | (e[:, None] < 0)
     # A repeated member is one image: keep only its first occurrence.
     first = np.ones_like(valid)
     for j in range(1, sub.shape[1]):
         first[:, j] = ~(sub[:, :j] == sub[:, j : j + 1]).any(axis=1)
     before = (ss > ts) | ((ss == ts) & (sub < t[:, None]))
     ranks = (before & valid & first).sum(axis=1)
-    if exclude_idx is not None:
-        ranks = np.where(e == t, sub.shape[1], ranks)
+    if e is not None:
+        ranks = np.where((e >= 0) & (e == t), sub.shape[1], ranks)
     in_subset = (sub == t[:, None]).any(axis=1)
     return np.where(in_subset, ranks, sub.shape[1]).astype(np.int64)
 
 
 def recall_subset_at_k(scores, target_idx, subset_idx, exclude_idx, ks=(1, 2, 3)) -> dict[int, float]:
-    """Recall_subset@K in percent: the ranking restricted to ``subset_idx`` [Q, S] minus ``exclude_idx`` [Q]."""
+    """Recall_subset@K in percent: the ranking restricted to ``subset_idx`` [Q, S] minus ``exclude_idx`` [Q].
+
+    -1 in ``exclude_idx`` removes nothing; -1 in ``subset_idx`` is padding."""
     return recall_from_ranks(subset_ranks(scores, target_idx, subset_idx, exclude_idx), ks)
 
 
 def stable_topk(scores, k: int, exclude_idx=None) -> np.ndarray:
-    """[Q, k] gallery indices of the k best items per query, stable order (ties by gallery index)."""
+    """[Q, k] gallery indices of the k best items per query, stable order (ties by gallery index).
+
+    ``exclude_idx`` [Q] drops that item from its query's list (-1: none). When any query excludes an item, k is capped
+    at G - 1 for every query (as in ``ranking.rank``), so no list can contain an excluded item.
+    """
     s = _scores(scores).copy()
-    if exclude_idx is not None:
-        s[np.arange(s.shape[0]), np.asarray(exclude_idx, dtype=np.int64)] = -np.inf
+    e = exclusion(exclude_idx, s.shape[0], s.shape[1])
+    if e is not None and (e >= 0).any():
+        has = e >= 0
+        s[np.flatnonzero(has), e[has]] = -np.inf
         k = min(k, s.shape[1] - 1)
     return np.argsort(-s, axis=1, kind="stable")[:, : min(k, s.shape[1])]
 
@@ -120,7 +151,9 @@ def map_from_topk(topk_idx, target_sets, ks=(5, 10, 25, 50)) -> dict[int, float]
 
 
 def map_at_k(scores, target_sets, ks=(5, 10, 25, 50), exclude_idx=None) -> dict[int, float]:
-    """mAP@K in percent; ``target_sets`` is a list of lists of gallery indices (CIRCO's multiple ground truths)."""
+    """mAP@K in percent; ``target_sets`` is a list of lists of gallery indices (CIRCO's multiple ground truths).
+
+    ``exclude_idx`` [Q]: removes that item from its query's ranking (-1: none)."""
     return map_from_topk(stable_topk(scores, max(ks), exclude_idx), target_sets, ks)
 
 

@@ -72,9 +72,10 @@ def rank(
     """Rank ``gallery`` [G, D] for each query; never holds more than a [block, G] score tile.
 
     queries: [Q, D] embeddings or a list of (embeddings [Q, D], weight) pairs whose weighted similarities are summed.
-    exclude_idx: [Q] gallery index removed from that query's ranking (CIRR's reference), or None / -1 for none.
+    exclude_idx: [Q] gallery index removed from that query's ranking (CIRR's reference); None, or -1 in a row, for
+        none (as in ``metrics``). When any row excludes an item, every top-k list holds at most G - 1 items.
     target_idx: [Q] gallery index of the target: its exact rank is returned (Recall@K for any K).
-    subset_idx: [Q, S] gallery indices: the subset ranking (Recall_subset).
+    subset_idx: [Q, S] gallery indices: the subset ranking (Recall_subset); -1 entries are padding.
     """
     if isinstance(queries, np.ndarray) or not isinstance(queries, (list, tuple)):
         queries = [(np.asarray(queries), 1.0)]
@@ -82,7 +83,7 @@ def rank(
     gallery = np.asarray(gallery, np.float32)
     nq, g = queries[0][0].shape[0], gallery.shape[0]
     tile_fn = _tile_fn(backend)
-    excl = None if exclude_idx is None else np.asarray(exclude_idx, np.int64).reshape(nq)
+    excl = metrics.exclusion(exclude_idx, nq, g)
     k_eff = min(k, g - (1 if excl is not None and (excl >= 0).any() else 0))
     out_idx, out_sc = np.zeros((nq, k_eff), np.int64), np.zeros((nq, k_eff), np.float32)
     t_rank = None if target_idx is None else np.zeros(nq, np.int64)
@@ -96,22 +97,18 @@ def rank(
         stop = min(start + block, nq)
         tile = np.array(tile_fn([(q[start:stop], w) for q, w in queries], gallery), np.float32)
         rows = np.arange(stop - start)
-        ex = None
-        if excl is not None:
-            ex = excl[start:stop]
+        ex = None if excl is None else excl[start:stop]  # -1: nothing excluded for that row
+        tile_for_topk = tile
+        if ex is not None and (ex >= 0).any():
             has = ex >= 0
             tile_for_topk = tile.copy()
             tile_for_topk[rows[has], ex[has]] = -np.inf
-            # A -1 in exclude_idx means "nothing": point it past the gallery for the rank helpers.
-            ex = np.where(has, ex, -1)
-        else:
-            tile_for_topk = tile
         idx, _ = topk_rows(tile_for_topk, k_eff)
         out_idx[start:stop] = idx
         out_sc[start:stop] = np.take_along_axis(tile, idx, axis=1)
         if t_rank is not None:
             t = np.asarray(target_idx, np.int64)[start:stop]
-            t_rank[start:stop] = _ranks_with_optional_exclusion(tile, t, ex)
+            t_rank[start:stop] = metrics.target_ranks(tile, t, ex)
         if subset_idx is not None:
             sub = subset_idx[start:stop]
             t = None if target_idx is None else np.asarray(target_idx, np.int64)[start:stop]
@@ -121,21 +118,13 @@ def rank(
     return Ranking(out_idx, out_sc, t_rank, s_order, s_rank)
 
 
-def _ranks_with_optional_exclusion(tile, t, ex):
-    if ex is None:
-        return metrics.target_ranks(tile, t)
-    has = ex >= 0
-    r = metrics.target_ranks(tile, t)
-    if has.any():
-        r[has] = metrics.target_ranks(tile[has], t[has], ex[has])
-    return r
-
-
 def _subset_order(tile, sub, ex):
-    """Subset members best first (stable by gallery index), the excluded one and repeats dropped, -1 padded."""
+    """Subset members best first (stable by gallery index), the excluded one, repeats and -1 padding dropped, -1 padded.
+
+    ``ex`` rows of -1 exclude nothing (a member is never -1 after the padding is dropped)."""
     out = np.full(sub.shape, -1, np.int64)
     for r in range(sub.shape[0]):
-        members = [m for m in dict.fromkeys(sub[r].tolist()) if ex is None or m != ex[r]]
+        members = [m for m in dict.fromkeys(sub[r].tolist()) if m >= 0 and (ex is None or m != ex[r])]
         m = np.asarray(members, np.int64)
         order = np.lexsort((m, -tile[r, m]))
         out[r, : len(m)] = m[order]

@@ -6,12 +6,21 @@ query's img_set members); keys are the pairids as strings; each file at most 5 M
 reference (the CIRR protocol removes it from its own ranking).
 
 CIRCO (miccunifi/CIRCO ``README.md``): one JSON object ``{"<query id>": [50 COCO image ids (int)], ...}`` holding
-every test query.
+every test query. The official scorer (``src/evaluation.py``) casts both the query ids (``int(query_id)``) and the
+image ids (``np.array(predictions, dtype=int)``), so numeric strings are accepted there: the validator accepts them
+too, with a warning, and rejects anything that is not an integer or a string of digits.
+
+Validation: ``check_cirr`` / ``check_circo`` / ``check_file`` return a :class:`Report` (``errors`` and ``warnings``,
+one human-readable line each); ``validate_cirr`` / ``validate_circo`` / ``validate_file`` return only the errors
+(empty means valid) and raise each warning as a :class:`SubmissionWarning` (Python's ``warnings`` module).
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
+import warnings
 from collections.abc import Mapping, Sequence
 
 MAX_CIRR_BYTES = 5 * 1024 * 1024
@@ -45,7 +54,27 @@ def write_json(path: str, obj: Mapping, *, max_bytes: int | None = None) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Validation: every function returns a list of problems (one human-readable line each); empty means valid.
+# Validation.
+
+
+class SubmissionWarning(UserWarning):
+    """Something the server accepts but that is not the documented format (e.g. CIRCO ids written as strings)."""
+
+
+@dataclasses.dataclass
+class Report:
+    errors: list[str] = dataclasses.field(default_factory=list)  # the server would reject the file
+    warnings: list[str] = dataclasses.field(default_factory=list)  # accepted, but not the documented format
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+
+def _errors_and_warn(report: Report) -> list[str]:
+    for w in report.warnings:
+        warnings.warn(w, SubmissionWarning, stacklevel=3)
+    return report.errors
 
 
 def _cirr_queries(annotations) -> dict[str, dict]:
@@ -61,6 +90,15 @@ def _cirr_queries(annotations) -> dict[str, dict]:
 
 
 def validate_cirr(obj, annotations=None, *, version: str = "rc2") -> list[str]:
+    """The errors of :func:`check_cirr` (its warnings are raised as :class:`SubmissionWarning`)."""
+    return _errors_and_warn(check_cirr(obj, annotations, version=version))
+
+
+def check_cirr(obj, annotations=None, *, version: str = "rc2") -> Report:
+    return Report(_cirr_problems(obj, annotations, version))
+
+
+def _cirr_problems(obj, annotations, version: str) -> list[str]:
     if not isinstance(obj, dict):
         return [f"top level is a {type(obj).__name__}, expected an object"]
     problems = []
@@ -105,40 +143,91 @@ def validate_cirr(obj, annotations=None, *, version: str = "rc2") -> list[str]:
     return problems
 
 
+_DIGITS = re.compile(r"\s*[0-9]+\s*")
+
+
+def _as_id(x) -> int | None:
+    """An int id (not bool) as it is; a string of ASCII digits (surrounding blanks allowed) cast as the official
+    scorer does; None for anything else."""
+    if isinstance(x, bool):
+        return None
+    if isinstance(x, int):
+        return x
+    if isinstance(x, str) and _DIGITS.fullmatch(x):
+        return int(x)
+    return None
+
+
 def validate_circo(obj, annotations=None) -> list[str]:
+    """The errors of :func:`check_circo` (its warnings are raised as :class:`SubmissionWarning`)."""
+    return _errors_and_warn(check_circo(obj, annotations))
+
+
+def check_circo(obj, annotations=None) -> Report:
+    """Check a CIRCO submission object: errors where the server would fail, warnings where it casts.
+
+    Keys are query ids ("0".."N-1"; int keys of a Python dict are fine too, JSON writes them as the same strings);
+    a key such as "007" or " 7" is read as 7 with a warning. Values are 50 distinct COCO image ids, ints; numeric
+    strings ("123") are accepted with one warning naming how many queries use them.
+    """
     if not isinstance(obj, dict):
-        return [f"top level is a {type(obj).__name__}, expected an object"]
-    problems = []
+        return Report([f"top level is a {type(obj).__name__}, expected an object"])
+    problems, notes = [], []
+    seen: dict[int, object] = {}
+    odd_keys, str_value_queries = [], []
     for key, ids in obj.items():
-        if not (isinstance(key, str) and key.isdigit()):
+        qid = _as_id(key)
+        if qid is None:
             problems.append(f"key {key!r} is not a query id")
             continue
-        if not isinstance(ids, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in ids):
-            problems.append(f"query {key}: value must be a list of COCO image ids (int)")
+        if isinstance(key, str) and key != str(qid):
+            odd_keys.append(key)
+        if qid in seen:
+            problems.append(f"query id {qid} appears twice (keys {seen[qid]!r} and {key!r})")
             continue
-        if len(ids) != CIRCO_LENGTH:
-            problems.append(f"query {key}: {len(ids)} ids, expected {CIRCO_LENGTH}")
-        if len(set(ids)) != len(ids):
-            problems.append(f"query {key}: repeated image ids")
+        seen[qid] = key
+        values = [_as_id(x) for x in ids] if isinstance(ids, list) else None
+        if values is None or any(v is None for v in values):
+            problems.append(f"query {qid}: value must be a list of COCO image ids (int, or a string of digits)")
+            continue
+        if any(isinstance(x, str) for x in ids):
+            str_value_queries.append(qid)
+        if len(values) != CIRCO_LENGTH:
+            problems.append(f"query {qid}: {len(values)} ids, expected {CIRCO_LENGTH}")
+        if len(set(values)) != len(values):
+            problems.append(f"query {qid}: repeated image ids")
+    if odd_keys:
+        notes.append(f"{len(odd_keys)} query id key(s) not written as plain integers, read as ints like the official "
+                     f"scorer does: first {odd_keys[:5]}")
+    if str_value_queries:
+        notes.append(f"{len(str_value_queries)} query(ies) give image ids as strings, not ints; the official scorer "
+                     f"casts them to int: first queries {str_value_queries[:5]}")
     if annotations is not None:
         if isinstance(annotations, str):
             with open(annotations) as f:
                 annotations = json.load(f)
-        expected = {str(rec["id"]) for rec in annotations}
+        expected = {int(rec["id"]) for rec in annotations}
     else:
         # The server asks for every query id; ids run 0..N-1.
-        expected = {str(i) for i in range(len(obj))}
-    missing = sorted(expected - set(obj), key=int)
-    extra = sorted(set(obj) - expected, key=lambda s: (not s.isdigit(), s))
+        expected = set(range(len(obj)))
+    missing = sorted(expected - set(seen))
+    extra = sorted(set(seen) - expected)
     if missing:
-        problems.append(f"{len(missing)} query id(s) missing, first {missing[:5]}")
+        problems.append(f"{len(missing)} query id(s) missing, first {[str(i) for i in missing[:5]]}")
     if extra:
-        problems.append(f"{len(extra)} unknown query id(s), first {extra[:5]}")
-    return problems
+        problems.append(f"{len(extra)} unknown query id(s), first {[str(i) for i in extra[:5]]}")
+    return Report(problems, notes)
 
 
 def validate_file(path: str, fmt: str, annotations=None) -> list[str]:
+    """The errors of :func:`check_file` (its warnings are raised as :class:`SubmissionWarning`)."""
+    return _errors_and_warn(check_file(path, fmt, annotations))
+
+
+def check_file(path: str, fmt: str, annotations=None) -> Report:
     """Read ``path`` and check it against the rules of ``fmt`` ("cirr" or "circo")."""
+    if fmt not in ("cirr", "circo"):
+        raise ValueError(f"format must be 'cirr' or 'circo', got {fmt!r}")
     problems = []
     size = os.path.getsize(path)
     if fmt == "cirr" and size > MAX_CIRR_BYTES:
@@ -147,9 +236,6 @@ def validate_file(path: str, fmt: str, annotations=None) -> list[str]:
         with open(path) as f:
             obj = json.load(f)
     except json.JSONDecodeError as e:
-        return problems + [f"not valid JSON: {e}"]
-    if fmt == "cirr":
-        return problems + validate_cirr(obj, annotations)
-    if fmt == "circo":
-        return problems + validate_circo(obj, annotations)
-    raise ValueError(f"format must be 'cirr' or 'circo', got {fmt!r}")
+        return Report(problems + [f"not valid JSON: {e}"])
+    report = check_cirr(obj, annotations) if fmt == "cirr" else check_circo(obj, annotations)
+    return Report(problems + report.errors, report.warnings)

@@ -132,10 +132,12 @@ def run(spec: EvalSpec, benchmarks: list, encoder, *, image_size: int, batch_siz
         for row, metrics in evaluator.fashioniq_average(per_cat).items():
             out.update({f"{row}/{k}": v for k, v in metrics.items() if k.startswith("recall@")})
     for cat, r in per_cat.items():
-        out[f"{cat}/num_queries"] = r["num_queries"]
-        for k in ("skipped_queries", "total_queries", "limited_to"):
+        for k in ("num_queries", "skipped_queries", "total_queries", "limited_to", "complete"):
             if k in r:
                 out[f"{cat}/{k}"] = r[k]
+        out.setdefault("submission_files", []).extend(r.get("submission_files", ()))
+    if not out["submission_files"]:
+        del out["submission_files"]
     return out
 
 
@@ -145,12 +147,12 @@ def _validated(files, spec: EvalSpec) -> dict:
 
     if not files:
         return {}
-    problems = []
+    problems, warnings = [], []
     for path in files:
-        result = submission.validate_file(path, spec.reader)
-        errors = result[0] if isinstance(result, tuple) else result
-        problems += [f"{os.path.basename(path)}: {e}" for e in errors]
-    return {"submission_valid": not problems, "submission_problems": problems}
+        report = submission.check_file(path, spec.reader)
+        problems += [f"{os.path.basename(path)}: {e}" for e in report.errors]
+        warnings += [f"{os.path.basename(path)}: {w}" for w in report.warnings]
+    return {"submission_valid": not problems, "submission_problems": problems, "submission_warnings": warnings}
 
 
 def table_columns(spec: EvalSpec, rows: Mapping[str, Mapping]) -> list[str]:

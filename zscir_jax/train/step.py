@@ -10,7 +10,6 @@ import dataclasses
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -29,10 +28,6 @@ class TrainState:
     def model(self, state=None):
         model, _ = nnx.merge(self.graphdef, self.state if state is None else state)
         return model
-
-    @property
-    def step(self) -> int:
-        return int(jax.device_get(self.state[1]["step"][...]))
 
 
 def build(method, config, mesh, tx, *, abstract: bool = False) -> TrainState:
@@ -113,7 +108,3 @@ def make_train_step(method, config, ts: TrainState, mesh, batch_spec: dict) -> C
 
 def batch_spec_of(batch: dict) -> dict:
     return {k: (tuple(np.shape(v)), np.asarray(v).dtype) for k, v in batch.items()}
-
-
-def finite(metrics) -> jax.Array:
-    return jnp.isfinite(metrics["loss"])

@@ -191,7 +191,7 @@ def train(config, run_dir: str, mesh, evals=()):
                     t_log, s_log = now, n
                     writer.write_scalars(n, scalars)
                     _append_jsonl(os.path.join(run_dir, "metrics.jsonl"), {"step": n, **scalars})
-                    bar.set_postfix(loss=f"{scalars['loss']:.4f}")
+                    bar.set_postfix(loss=f"{scalars['loss']:.4f}", refresh=False)
             if save:
                 ckpt.save(n, state, data, meta, force=last)
             due = [s for s in periodic if n % s.every == 0 and not last]
@@ -317,7 +317,8 @@ def format_results(config, evals, results) -> str:
         if any(table_rows.values()):
             parts.append(report.format_table(table_rows, columns=cols))
         first = next(iter(rows.values()), {})
-        notes = [f"{k}={first[k]}" for k in ("skipped_queries", "limited_to") if first.get(k)]
+        notes = [f"{k}={v}" for k, v in first.items()
+                 if k.split("/")[-1] in ("skipped_queries", "limited_to") and v]
         if notes:
             parts.append("  note: evaluated on part of the split: " + ", ".join(notes))
         for f in first.get("submission_files", ()):

@@ -15,10 +15,12 @@ def create(workdir: str):
 
 
 def progress(total: int, initial: int, desc: str, enabled: bool = True):
+    """A step bar; on a terminal it redraws often, in a log file (no TTY) once a minute."""
     from tqdm.auto import tqdm
 
+    tty = sys.stderr.isatty()
     return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
-                disable=not enabled or jax.process_index() > 0)
+                mininterval=0.1 if tty else 60.0, disable=not enabled or jax.process_index() > 0)
 
 
 def say(message: str) -> None:
