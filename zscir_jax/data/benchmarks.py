@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
+from zscir_jax.data import policy
+
 
 class AnnotationError(ValueError):
     """A malformed annotation file or record; the message names the file and the record."""
@@ -102,8 +104,7 @@ def _as_tuple(types):
 
 
 def check_on_missing(on_missing: str) -> None:
-    if on_missing not in ("raise", "skip"):
-        raise ValueError(f"on_missing must be 'raise' or 'skip', got {on_missing!r}")
+    policy.check(on_missing, "on_missing")
 
 
 class ImageChecker:

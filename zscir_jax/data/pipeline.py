@@ -28,11 +28,10 @@ import grain
 import jax
 import numpy as np
 
-from zscir_jax.data import images
+from zscir_jax.data import images, policy
 from zscir_jax.data.triplets import TripletRecord, coerce
 
 log = logging.getLogger(__name__)
-ON_ERROR = ("raise", "skip")
 
 
 @dataclasses.dataclass
@@ -68,8 +67,7 @@ class _Decode:
     """Shared part of the per-element transforms: raise-or-skip around image decoding."""
 
     def __init__(self, image_size: int, tokenizer, on_error: str, stats: PipelineStats, image_root, mean, std):
-        if on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
+        policy.check(on_error)
         self.image_size, self.tokenizer, self.on_error, self.stats = image_size, tokenizer, on_error, stats
         self.image_root, self.mean, self.std = image_root, mean, std
 
@@ -85,11 +83,12 @@ class _Decode:
         try:
             return fn(element)
         except images.ImageError as e:
-            if self.on_error == "raise":
-                raise
-            self.stats.record(str(e))
-            log.warning("skipping record: %s", e)
+            policy.raise_or_skip(self.on_error, e, self._skip)
             return None
+
+    def _skip(self, message: str) -> None:
+        self.stats.record(message)
+        log.warning("skipping record: %s", message)
 
 
 class _TripletTransform(_Decode):

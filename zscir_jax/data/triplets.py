@@ -15,7 +15,9 @@ import json
 import os
 from typing import Any, Iterable, Sequence
 
-ON_ERROR = ("raise", "skip")
+from zscir_jax.data import policy
+
+ON_ERROR = policy.POLICIES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,25 +77,21 @@ class RecordList(list):
         self.errors = list(errors)
 
 
-def _check_on_error(on_error: str) -> None:
-    if on_error not in ON_ERROR:
-        raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
-
-
 class _Collector:
     """Shared raise-or-skip bookkeeping of the readers and converters."""
 
     def __init__(self, path: str, on_error: str):
-        _check_on_error(on_error)
-        self.path, self.on_error, self.out = path, on_error, RecordList()
+        self.path, self.on_error, self.out = path, policy.check(on_error), RecordList()
 
     def fail(self, where: str, err: Exception) -> None:
-        msg = f"{self.path}: malformed record {where}: {err}"
-        if self.on_error == "raise":
-            raise ValueError(msg) from err
+        error = ValueError(f"{self.path}: malformed record {where}: {err}")
+        error.__cause__ = err
+        policy.raise_or_skip(self.on_error, error, self._count)
+
+    def _count(self, message: str) -> None:
         self.out.skipped += 1
         if len(self.out.errors) < 20:
-            self.out.errors.append(msg)
+            self.out.errors.append(message)
 
 
 # ---------------------------------------------------------------------------------------------------- JSONL

@@ -94,11 +94,13 @@ def validate_cirr(obj, annotations=None, *, version: str = "rc2") -> list[str]:
     return _errors_and_warn(check_cirr(obj, annotations, version=version))
 
 
-def check_cirr(obj, annotations=None, *, version: str = "rc2") -> Report:
-    return Report(_cirr_problems(obj, annotations, version))
+def check_cirr(obj, annotations=None, *, version: str = "rc2", gallery_size: int | None = None) -> Report:
+    """``gallery_size``: a gallery smaller than the server's (an embedded benchmark) allows shorter top-50 lists:
+    the gallery minus the reference."""
+    return Report(_cirr_problems(obj, annotations, version, gallery_size))
 
 
-def _cirr_problems(obj, annotations, version: str) -> list[str]:
+def _cirr_problems(obj, annotations, version: str, gallery_size: int | None = None) -> list[str]:
     if not isinstance(obj, dict):
         return [f"top level is a {type(obj).__name__}, expected an object"]
     problems = []
@@ -109,6 +111,8 @@ def _cirr_problems(obj, annotations, version: str) -> list[str]:
         problems.append(f"'metric' is {metric!r}, expected 'recall' or 'recall_subset'")
         return problems
     n = CIRR_LENGTHS[metric]
+    if gallery_size is not None and metric == "recall":
+        n = min(n, gallery_size - 1)
     queries = None if annotations is None else _cirr_queries(annotations)
     entries = {k: v for k, v in obj.items() if k not in ("version", "metric")}
     for key, names in entries.items():
@@ -163,13 +167,15 @@ def validate_circo(obj, annotations=None) -> list[str]:
     return _errors_and_warn(check_circo(obj, annotations))
 
 
-def check_circo(obj, annotations=None) -> Report:
+def check_circo(obj, annotations=None, *, gallery_size: int | None = None) -> Report:
     """Check a CIRCO submission object: errors where the server would fail, warnings where it casts.
 
     Keys are query ids ("0".."N-1"; int keys of a Python dict are fine too, JSON writes them as the same strings);
     a key such as "007" or " 7" is read as 7 with a warning. Values are 50 distinct COCO image ids, ints; numeric
-    strings ("123") are accepted with one warning naming how many queries use them.
+    strings ("123") are accepted with one warning naming how many queries use them. A ``gallery_size`` under 50
+    (an embedded benchmark) allows lists of that length.
     """
+    length = CIRCO_LENGTH if gallery_size is None else min(CIRCO_LENGTH, gallery_size)
     if not isinstance(obj, dict):
         return Report([f"top level is a {type(obj).__name__}, expected an object"])
     problems, notes = [], []
@@ -192,8 +198,8 @@ def check_circo(obj, annotations=None) -> Report:
             continue
         if any(isinstance(x, str) for x in ids):
             str_value_queries.append(qid)
-        if len(values) != CIRCO_LENGTH:
-            problems.append(f"query {qid}: {len(values)} ids, expected {CIRCO_LENGTH}")
+        if len(values) != length:
+            problems.append(f"query {qid}: {len(values)} ids, expected {length}")
         if len(set(values)) != len(values):
             problems.append(f"query {qid}: repeated image ids")
     if odd_keys:
@@ -224,7 +230,7 @@ def validate_file(path: str, fmt: str, annotations=None) -> list[str]:
     return _errors_and_warn(check_file(path, fmt, annotations))
 
 
-def check_file(path: str, fmt: str, annotations=None) -> Report:
+def check_file(path: str, fmt: str, annotations=None, *, gallery_size: int | None = None) -> Report:
     """Read ``path`` and check it against the rules of ``fmt`` ("cirr" or "circo")."""
     if fmt not in ("cirr", "circo"):
         raise ValueError(f"format must be 'cirr' or 'circo', got {fmt!r}")
@@ -237,5 +243,6 @@ def check_file(path: str, fmt: str, annotations=None) -> Report:
             obj = json.load(f)
     except json.JSONDecodeError as e:
         return Report(problems + [f"not valid JSON: {e}"])
-    report = check_cirr(obj, annotations) if fmt == "cirr" else check_circo(obj, annotations)
+    report = (check_cirr(obj, annotations, gallery_size=gallery_size) if fmt == "cirr"
+              else check_circo(obj, annotations, gallery_size=gallery_size))
     return Report(problems + report.errors, report.warnings)

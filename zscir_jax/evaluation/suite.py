@@ -124,7 +124,7 @@ def run(spec: EvalSpec, benchmarks: list, encoder, *, image_size: int, batch_siz
     kwargs = dict(image_size=image_size, batch_size=batch_size, workdir=out_dir, log=log)
     if spec.reader != "fashioniq":
         out = evaluator.evaluate(benchmarks[0], encoder, **kwargs)
-        out.update(_validated(out.get("submission_files", ()), spec))
+        out.update(_validated(out.get("submission_files", ()), spec, len(benchmarks[0].gallery)))
         return out
     per_cat = {b.name.removeprefix(f"{spec.name}_"): evaluator.evaluate(b, encoder, **kwargs) for b in benchmarks}
     out = {}
@@ -141,15 +141,21 @@ def run(spec: EvalSpec, benchmarks: list, encoder, *, image_size: int, batch_siz
     return out
 
 
-def _validated(files, spec: EvalSpec) -> dict:
-    """Hidden-test submission files, checked with the benchmark's validator (their paths go in the table)."""
+def _validated(files, spec: EvalSpec, gallery_size: int) -> dict:
+    """Hidden-test submission files, checked with the benchmark's validator (their paths go in the table); the
+    CIRR files against the split's own annotations (no reference in its own list, subsets within img_set)."""
     from zscir_jax.evaluation import submission
 
     if not files:
         return {}
     problems, warnings = [], []
     for path in files:
-        report = submission.check_file(path, spec.reader)
+        annotations = None
+        if spec.reader == "cirr":
+            from zscir_jax.data import cirr
+
+            annotations = cirr.caption_file(spec.root, spec.split, spec.options.get("version", "rc2"))
+        report = submission.check_file(path, spec.reader, annotations, gallery_size=gallery_size)
         problems += [f"{os.path.basename(path)}: {e}" for e in report.errors]
         warnings += [f"{os.path.basename(path)}: {w}" for w in report.warnings]
     return {"submission_valid": not problems, "submission_problems": problems, "submission_warnings": warnings}
