@@ -55,6 +55,8 @@ def tiny(mode: str = "lora") -> ml_collections.ConfigDict:
 
 
 def get_config(arg=None):
+    if arg not in (None, 'smoke', 'frozen'):
+        raise ValueError(f"unknown config argument {arg!r}; allowed: smoke, frozen")
     smoke = arg == "smoke"
     mode = "frozen" if arg == "frozen" else "lora"
     c = base(mode)

@@ -148,6 +148,8 @@ def tiny(method: str = "pvlf") -> ml_collections.ConfigDict:
 def real_backbone(c: ml_collections.ConfigDict, arg=None) -> ml_collections.ConfigDict:
     """Settings shared by the configs that train on a local CLIP checkpoint (whose size comes from its config.json)
     and Laion-CIR triplets; ``arg="runlocal"`` makes a few-step smoke run."""
+    if arg not in (None, "runlocal"):
+        raise ValueError(f"unknown config argument {arg!r}; allowed: runlocal")
     c.model.clip_path = ""
     c.data.update(image_size=224, max_length=77, tokenizer="")
     c.train.update(steps=8000, batch_size=64, log_every=50, checkpoint_every=1000)  # PVLF: batch 64

@@ -17,6 +17,8 @@ import ml_collections  # noqa: E402
 
 
 def get_config(arg=None):
+    if arg not in (None, 'smoke'):
+        raise ValueError(f"unknown config argument {arg!r}; allowed: smoke")
     smoke = arg == "smoke"
     c = common.pvlf()
     c.prepare = ml_collections.ConfigDict(dict(

@@ -28,7 +28,7 @@ from zscir_jax.data import sources
 from zscir_jax.errors import UserError
 from zscir_jax.evaluation import suite
 from zscir_jax.train import checkpoint as ckpt_lib
-from zscir_jax.train import optimizer, step as step_lib, writers
+from zscir_jax.train import optimizer, preflight, step as step_lib, workdir_lock, writers
 
 MODES = ("train", "eval")
 
@@ -40,7 +40,8 @@ class TrainingDiverged(RuntimeError):
 def train_and_evaluate(config, workdir: str) -> dict:
     """Run everything ``config`` asks for in ``workdir``; returns {method: {eval name: metrics}} (may be empty).
 
-    Every check a user's mistake can fail (mode, method, evals, something to restore) runs before any long stage.
+    Every check a user's mistake can fail (mode, method, values, evals, something to restore, a writable workdir
+    that no other job holds) runs before any long stage.
     """
     config = _unlocked(config)
     workdir = os.path.abspath(workdir)
@@ -49,25 +50,32 @@ def train_and_evaluate(config, workdir: str) -> dict:
     if mode not in MODES:
         raise UserError(f"config.mode={mode!r}: allowed values are {', '.join(MODES)}")
     method = methods.get(config.method)
+    preflight.check(config, method, mode=mode)
     all_evals = suite.specs(config)
     restore_from = None
     if mode == "eval":
         restore_from = find_restore_source(config, workdir, method)
         if not all_evals:
             raise UserError("config.mode=eval but config.evals is empty: nothing to evaluate")
-    os.makedirs(workdir, exist_ok=True)
-    if config.get("prepare"):
-        from zscir_jax.demo import prepare
+    preflight.check_workdir(workdir)
+    lock = workdir_lock.WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
+    try:
+        if config.get("prepare"):
+            from zscir_jax.demo import prepare
 
-        prepare.run(config, workdir)
-    evals = suite.usable(suite.specs(config), writers.warn)
-    mesh = sharding.make_mesh(tuple(config.mesh.shape))
-    model = None
-    if mode == "train" and method.trainable and config.train.steps > 0:
-        model = train(config, os.path.join(workdir, config.method), mesh, evals)
-    elif mode == "eval" and method.trainable:
-        model = restore_model(config, restore_from, mesh, method)
-    results = evaluate_all(config, workdir, mesh, model, evals) if evals else {}
+            prepare.run(config, workdir)
+        preflight.check_paths(config, method, mode=mode)
+        evals = suite.usable(suite.specs(config), writers.warn)
+        mesh = sharding.make_mesh(tuple(config.mesh.shape))
+        model = None
+        if mode == "train" and method.trainable and config.train.steps > 0:
+            model = train(config, os.path.join(workdir, config.method), mesh, evals)
+        elif mode == "eval" and method.trainable:
+            model = restore_model(config, restore_from, mesh, method)
+        results = evaluate_all(config, workdir, mesh, model, evals) if evals else {}
+    finally:
+        if lock is not None:
+            lock.release()
     logging.info("train_and_evaluate finished in %.1f s", time.perf_counter() - t0)
     return results
 

@@ -1,0 +1,103 @@
+"""Checks of a run config that a user's mistake can fail, all made before any stage runs (minutes of preparation or
+training must not end in a traceback about a typo). Each failure is a ``UserError`` naming the key and what is
+allowed; ``main`` prints it as one line.
+"""
+from __future__ import annotations
+
+import os
+
+from zscir_jax.errors import UserError
+
+LOSSES = ("focal", "info_nce")
+SOURCES = ("triplets", "pairs", "random")
+ON_ERROR = ("raise", "skip")
+FINETUNE = ("none", "text", "both")
+
+
+def _one_of(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise UserError(f"{key}={value!r}: allowed values are {', '.join(map(str, allowed))}")
+
+
+def _positive(key: str, value, *, strict: bool = True) -> None:
+    try:
+        ok = value > 0 if strict else value >= 0
+    except TypeError:
+        ok = False
+    if not ok:
+        raise UserError(f"{key}={value!r}: must be {'> 0' if strict else '>= 0'}")
+
+
+def check(config, method, *, mode: str) -> None:
+    """Everything that can be checked without touching the disk (mesh and paths: see ``check_paths``)."""
+    from zscir_jax import methods
+
+    training = mode == "train" and method.trainable and config.train.get("steps", 0) > 0
+    _positive("config.train.steps", config.train.get("steps", 0), strict=False)
+    if training:
+        _positive("config.train.batch_size", config.train.batch_size)
+        _positive("config.train.log_every", config.train.get("log_every", 1))
+        _positive("config.train.checkpoint_every", config.train.get("checkpoint_every", 1))
+        _one_of("config.data.source", config.data.get("source", "triplets"), SOURCES)
+        _one_of("config.data.on_error", config.data.get("on_error", "raise"), ON_ERROR)
+        _one_of("config.optim.finetune", config.optim.get("finetune", "both"), FINETUNE)
+        _positive("config.optim.accumulate", config.optim.get("accumulate", 1))
+    loss = config.get("loss")
+    if training and loss is not None and "name" in loss:
+        _one_of("config.loss.name", loss.name, LOSSES)
+    if training and loss is not None and "temperature" in loss:
+        _positive("config.loss.temperature", loss.temperature)
+    _positive("config.eval.batch_size", config.eval.get("batch_size", 64))
+    for name in config.eval.get("compare", ()):
+        try:
+            methods.get(name)
+        except UserError as e:
+            raise UserError(f"config.eval.compare: {e}") from None
+    _check_mesh(config)
+
+
+def _check_mesh(config) -> None:
+    import jax
+    import numpy as np
+
+    shape = tuple(config.mesh.shape)
+    n = jax.device_count()
+    known = int(np.prod([s for s in shape if s != -1]))
+    ok = (len(shape) == 3 and shape.count(-1) <= 1 and all(s == -1 or s > 0 for s in shape)
+          and (n % known == 0 if -1 in shape else known == n))
+    if not ok:
+        raise UserError(f"config.mesh.shape={shape}: needs (data, fsdp, model) whose product is the {n} devices "
+                        "(one entry may be -1 to take the rest)")
+
+
+def check_paths(config, method, *, mode: str) -> None:
+    """Inputs named by the config that must exist (after the demo's preparation has filled in its own)."""
+    path = config.model.get("clip_path", "")
+    if path and not os.path.exists(os.path.expanduser(path)):
+        raise UserError(f"config.model.clip_path={path!r}: no such file or directory (a local transformers / "
+                        "OpenCLIP CLIP checkpoint)")
+    tok = config.data.get("tokenizer", "")
+    if tok and not os.path.isdir(tok):
+        raise UserError(f"config.data.tokenizer={tok!r}: no such directory")
+    training = mode == "train" and method.trainable and config.train.get("steps", 0) > 0
+    if training and method.batch == "triplets" and config.data.get("source") == "triplets":
+        from zscir_jax.data import sources
+
+        sources.triplet_sources(config)  # raises naming a missing file or a bad format
+    if training and config.data.get("image_dir") and not os.path.isdir(config.data.image_dir):
+        raise UserError(f"config.data.image_dir={config.data.image_dir!r}: no such directory")
+
+
+def check_workdir(workdir: str) -> None:
+    """The workdir can be created and written to."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--workdir {workdir}: cannot create it ({e.strerror})") from None
+    probe = os.path.join(workdir, f".write_test.{os.getpid()}")
+    try:
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"--workdir {workdir}: not writable ({e.strerror})") from None
