@@ -27,6 +27,7 @@ def base(method: str = "pvlf") -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.clip_path = ""  # a transformers / OpenCLIP / zscir_jax-exported CLIP; empty = random from clip_tiny
+    c.model.mllm_path = ""  # a pretrained LLaVA (transformers dir or zscir_jax export) for MLLM-based methods
     c.model.clip_tiny = ml_collections.ConfigDict(dict(vocab_size=1000, image_size=32, patch_size=8, width=32,
                                                        layers=2, max_length=16, eos_token_id=2))
     c.model.dtype = "float32"
@@ -78,6 +79,7 @@ def base(method: str = "pvlf") -> ml_collections.ConfigDict:
         image_size=224,
         max_length=77,
         tokenizer="",  # directory of a word tokenizer; empty = the CLIP checkpoint's tokenizer
+        llm_max_length=32,  # tokens of a text field written by the (M)LLM's own tokenizer (model.mllm_path)
         worker_count=0,
         on_error="raise",  # "raise" | "skip"
     ))

@@ -75,9 +75,19 @@ class _Decode:
         img = images.load_image(_resolve(path, self.image_root))
         return images.preprocess(img, self.image_size, self.mean, self.std)
 
-    def tokens(self, text: str) -> tuple[np.ndarray, np.ndarray]:
-        ids, mask = self.tokenizer([text])
+    def tokens(self, text: str, prefix: str = "text") -> tuple[np.ndarray, np.ndarray]:
+        tok = self.tokenizer.get(prefix, self.tokenizer["text"]) if isinstance(self.tokenizer, dict) else self.tokenizer
+        ids, mask = tok([text])
         return ids[0], mask[0]
+
+    def extra_fields(self, text: str) -> dict:
+        """``{prefix}_ids`` / ``{prefix}_mask`` of ``text`` for every extra prefix of a per-field tokenizer dict."""
+        out = {}
+        if isinstance(self.tokenizer, dict):
+            for prefix in self.tokenizer:
+                if prefix not in ("text", "target_text"):
+                    out[f"{prefix}_ids"], out[f"{prefix}_mask"] = self.tokens(text, prefix)
+        return out
 
     def guarded(self, fn: Callable[[Any], dict], element: Any) -> dict | None:
         try:
@@ -95,13 +105,13 @@ class _TripletTransform(_Decode):
     def _one(self, element: Any) -> dict:
         r: TripletRecord = coerce(element)
         ids, mask = self.tokens(r.modification_text)
-        tids, tmask = self.tokens(r.target_text)
+        tids, tmask = self.tokens(r.target_text, "target_text")
         has_target = r.target_image is not None and r.target_image != ""
         target = (self.pixels(r.target_image) if has_target
                   else np.zeros((self.image_size, self.image_size, 3), np.float32))
         return {"reference_pixels": self.pixels(r.reference_image), "text_ids": ids, "text_mask": mask,
                 "target_pixels": target, "has_target_image": np.bool_(has_target),
-                "target_text_ids": tids, "target_text_mask": tmask}
+                "target_text_ids": tids, "target_text_mask": tmask, **self.extra_fields(r.modification_text)}
 
     def __call__(self, element: Any) -> dict | None:
         return self.guarded(self._one, element)
@@ -111,7 +121,7 @@ class _PairTransform(_Decode):
     def _one(self, element: Any) -> dict:
         path, caption = element
         ids, mask = self.tokens(caption)
-        return {"pixels": self.pixels(path), "text_ids": ids, "text_mask": mask}
+        return {"pixels": self.pixels(path), "text_ids": ids, "text_mask": mask, **self.extra_fields(caption)}
 
     def __call__(self, element: Any) -> dict | None:
         return self.guarded(self._one, element)

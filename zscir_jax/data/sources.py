@@ -18,8 +18,17 @@ from zscir_jax.errors import UserError
 FORMATS = ("jsonl", "array_record", "template", "llm")
 
 
-def tokenizer_for(config):
-    """The word tokenizer at ``config.data.tokenizer``, else the CLIP checkpoint's own."""
+def tokenizer_for(config, role: str = "clip"):
+    """The tokenizer of a role (``methods.surface``): "clip" is the word tokenizer at ``config.data.tokenizer``, else
+    the CLIP checkpoint's own; "llm" is the one in ``config.model.mllm_path`` (``config.data.llm_max_length`` tokens),
+    else the "clip" one."""
+    if role == "llm" and config.model.get("mllm_path"):
+        from zscir_jax.data import tokenizer as tok_lib
+
+        path = os.path.expanduser(config.model.mllm_path)
+        if not os.path.isdir(path):
+            raise UserError(f"config.model.mllm_path={path!r}: no such directory (a LLaVA / LLM checkpoint)")
+        return tok_lib.Tokenizer.from_dir(path, config.data.get("llm_max_length", config.data.max_length))
     if config.data.get("tokenizer"):
         from zscir_jax.data import tokenizer as tok_lib
 
@@ -78,8 +87,15 @@ def load_pairs(config):
     return scenes.train_pairs(config.data.pairs_root)
 
 
-def make_loader(config, kind: str):
+def tokenizers_for(config, method) -> dict:
+    """{batch prefix: tokenizer} for a method's ``text_fields`` (one instance per role)."""
+    by_role = {role: tokenizer_for(config, role) for role in set(method.text_fields.values())}
+    return {prefix: by_role[role] for prefix, role in method.text_fields.items()}
+
+
+def make_loader(config, method):
     """This process's iterator of host batches (``global_batch_size / process_count`` rows each)."""
+    kind = method.batch
     import jax
 
     pc, pi = jax.process_count(), jax.process_index()
@@ -97,7 +113,8 @@ def make_loader(config, kind: str):
     from zscir_jax.data import images, pipeline
 
     mean, std = images.normalization_for(config.model.get("clip_path", ""))
-    common = dict(global_batch_size=gbs, image_size=d.image_size, tokenizer=tokenizer_for(config), seed=config.seed,
+    common = dict(global_batch_size=gbs, image_size=d.image_size, tokenizer=tokenizers_for(config, method),
+                  seed=config.seed,
                   process_index=pi, process_count=pc, worker_count=d.worker_count, on_error=d.on_error,
                   mean=mean, std=std)
     if kind == "pairs":

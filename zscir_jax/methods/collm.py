@@ -27,9 +27,11 @@ Modes (``config.model.collm.mode``):
 Freezing goes through the optimizer's regex groups: use :data:`GROUPS` and :func:`frozen_labels` for
 ``config.optim.groups`` / ``config.optim.frozen`` (configs/collm_demo.py does).
 
-The LLM here is random (``config.model.collm.llm`` sizes) and shares the text tokenizer's vocabulary with the CLIP
-(the ids the evaluator feeds to ``encode_query`` go straight into the LLM); a pretrained LLaVA would need its own
-tokenizer on the query side, which the method surface does not carry yet.
+The joint embedder is either a pretrained LLaVA (``config.model.mllm_path``: a transformers LLaVA directory or a
+zscir_jax MLLM export, loaded with ``mllm.load``) whose own tokenizer writes the query side (the ``llm_text`` batch
+field; the captions used for pairing stay on the CLIP tokenizer), or, without that path, a random LLaVA-style model
+(``config.model.collm.llm`` sizes, vision tower copied from the frozen CLIP) reading the CLIP tokenizer's ids. The
+reference pixels are resized to the LLaVA vision tower's input size when the two towers differ.
 """
 from __future__ import annotations
 
@@ -80,6 +82,9 @@ class CoLLM(nnx.Module):
     def query(self, ref_pixels, text_ids, text_mask):
         """[B, D_img] L2-normalised joint embedding of (image, text): image tokens first, then the text."""
         B = text_ids.shape[0]
+        size = self.mllm.config.vision.image_size
+        if ref_pixels.shape[1:3] != (size, size):
+            ref_pixels = jax.image.resize(ref_pixels, (B, size, size, ref_pixels.shape[-1]), "bicubic")
         T = self.mllm.config.image_seq_length
         image_ids = jnp.full((B, T), self.mllm.config.image_token_id, text_ids.dtype)
         ids = jnp.concatenate([image_ids, text_ids], axis=1)
@@ -104,30 +109,57 @@ def prefix_ids(config) -> tuple[int, ...]:
     c = _settings(config)
     if c.get("prefix_ids"):
         return tuple(int(i) for i in c.prefix_ids)
+    return tuple(int(i) for i in _llm_tokenizer(config).hf(c.prefix_text, add_special_tokens=False)["input_ids"])
+
+
+def _llm_tokenizer(config):
     from zscir_jax.data import sources  # the one place that knows which tokenizer a config uses
 
-    tok = sources.tokenizer_for(config)
-    return tuple(int(i) for i in tok.hf(c.prefix_text, add_special_tokens=False)["input_ids"])
+    return sources.tokenizer_for(config, "llm")
+
+
+def _adds_bos(config) -> bool:
+    """Whether the query tokenizer starts a text with BOS (the modification prefix goes after it)."""
+    c = _settings(config)
+    if not config.model.get("mllm_path"):
+        return c.get("has_bos", True)
+    hf = _llm_tokenizer(config).hf
+    ids = hf("a")["input_ids"]
+    return hf.bos_token_id is not None and len(ids) > 0 and ids[0] == hf.bos_token_id
+
+
+def _pretrained_mllm(config, dtype, param_dtype) -> mllm.MLLM:
+    """The LLaVA at ``config.model.mllm_path``: its weights, or (restore skeletons) just its architecture."""
+    path = config.model.mllm_path
+    if config.model.get("skeleton"):
+        from zscir_jax.models.mllm.export import read_config
+
+        return mllm.MLLM(read_config(path), rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
+    return mllm.load(path, dtype=dtype, param_dtype=param_dtype)
 
 
 def build(config, rngs: nnx.Rngs) -> CoLLM:
     c = _settings(config)
     dtype, param_dtype = base.dtypes(config)
     towers = base.build_towers(config, rngs)
-    vocab = towers.config.text.vocab_size  # the LLM reads the same token ids as the CLIP text tower
-    text_cfg = llm.LLMConfig.tiny(vocab_size=vocab, **dict(c.llm))
-    mm_cfg = mllm.MLLMConfig(vision=towers.config.vision, text=text_cfg, image_token_id=vocab)  # outside the vocab
-    mm = mllm.MLLM(mm_cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-    # LLaVA's vision tower IS a CLIP: start it from the frozen CLIP's. Copied arrays (jnp.copy), so the module tree
-    # shares nothing: an eager build (clip_path set) would otherwise hand the train step one buffer twice to donate.
-    nnx.update(mm.vision_tower.vision_model, jax.tree.map(jnp.copy, nnx.state(towers.vision_model)))
+    if config.model.get("mllm_path"):
+        mm = _pretrained_mllm(config, dtype, param_dtype)
+    else:
+        vocab = towers.config.text.vocab_size  # the LLM reads the same token ids as the CLIP text tower
+        text_cfg = llm.LLMConfig.tiny(vocab_size=vocab, **dict(c.llm))
+        mm_cfg = mllm.MLLMConfig(vision=towers.config.vision, text=text_cfg, image_token_id=vocab)  # outside vocab
+        mm = mllm.MLLM(mm_cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        # LLaVA's vision tower IS a CLIP: start it from the frozen CLIP's. Copied arrays (jnp.copy), so the module
+        # tree shares nothing: an eager build (clip_path set) would otherwise hand the train step one buffer twice
+        # to donate.
+        nnx.update(mm.vision_tower.vision_model, jax.tree.map(jnp.copy, nnx.state(towers.vision_model)))
     if c.mode == "lora":
         lc = c.lora
         lora.apply(mm.llm, rank=lc.rank, alpha=lc.alpha, dropout=lc.get("dropout", 0.0), targets=tuple(lc.targets),
                    rngs=rngs)
     else:
         frozen_labels(c.mode)  # validates the name
-    return CoLLM(towers, mm, prefix_ids(config), c.get("has_bos", True), c.get("rule", "difference"), rngs=rngs,
+    return CoLLM(towers, mm, prefix_ids(config), _adds_bos(config), c.get("rule", "difference"), rngs=rngs,
                  dtype=dtype, param_dtype=param_dtype)
 
 
@@ -201,7 +233,9 @@ def loss(model: CoLLM, batch, config, rngs=None):
     captions = jax.lax.stop_gradient(model.clip.encode_text(ids, mask))
     images = jax.lax.stop_gradient(model.image(pixels))
     j = pair_by_caption(captions)
-    mod_ids, mod_mask = modification(ids, mask, j, model.prefix_ids, model.has_bos, model.rule)
+    # The modification is made of the query tokenizer's ids of the captions (the CLIP ids when they are the same).
+    q_ids, q_mask = batch.get("llm_text_ids", ids), batch.get("llm_text_mask", mask)
+    mod_ids, mod_mask = modification(q_ids, q_mask, j, model.prefix_ids, model.has_bos, model.rule)
     query = model.query(pixels, mod_ids, mod_mask)
     log_p = jax.nn.log_softmax(losses.cosine_logits(query, images, config.loss.temperature), axis=-1)
     log_pt = jnp.take_along_axis(log_p, j[:, None], axis=1)[:, 0]
@@ -219,4 +253,5 @@ def encode_image(model: CoLLM, pixels):
     return model.image(pixels)
 
 
-METHOD = Method("collm", build=build, loss=loss, encode_query=encode_query, encode_image=encode_image, batch=PAIRS)
+METHOD = Method("collm", build=build, loss=loss, encode_query=encode_query, encode_image=encode_image, batch=PAIRS,
+                text_fields={"text": "clip", "llm_text": "llm"}, query_field="llm_text")

@@ -7,13 +7,23 @@ The trainer and the evaluator see a method only through this record, never throu
     encode_query(model, ref_pixels, text_ids, text_mask) -> [B, D] L2-normalised composed query
     encode_image(model, pixels) -> [B, D]                      L2-normalised gallery embedding
     batch: "triplets" | "pairs" | None                         the records it trains on (None: training-free)
+    text_fields: {batch prefix: tokenizer role}                which tokenizer writes each text field
+    query_field: the prefix whose tokenizer writes the query's text at evaluation
+
+Tokenizer roles (``data.sources.tokenizer_for``): "clip", the towers' (or the demo's word) tokenizer; "llm", the
+tokenizer in ``config.model.mllm_path`` (a pretrained (M)LLM's own), falling back to "clip" when no such path is set
+(a random LLM reading the towers' ids). A triplet batch has ``text_*`` (the modification) and ``target_text_*``;
+a pair batch ``text_*`` (the caption); any other prefix holds the same text tokenized with its role's tokenizer.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+import types
+from typing import Any, Callable, Mapping, Optional
 
 TRIPLETS, PAIRS = "triplets", "pairs"
+ROLES = ("clip", "llm")
+CLIP_ONLY = types.MappingProxyType({"text": "clip"})
 
 
 def _not_trainable(name: str):
@@ -31,8 +41,15 @@ class Method:
     encode_image: Callable[..., Any]
     batch: Optional[str] = None
     loss: Optional[Callable[..., Any]] = None
+    text_fields: Mapping[str, str] = dataclasses.field(default_factory=lambda: CLIP_ONLY)
+    query_field: str = "text"
 
     def __post_init__(self):
+        if "text" not in self.text_fields or self.query_field not in self.text_fields:
+            raise ValueError(f"method {self.name}: text_fields needs 'text' and the query field {self.query_field!r}")
+        bad = set(self.text_fields.values()) - set(ROLES)
+        if bad:
+            raise ValueError(f"method {self.name}: unknown tokenizer roles {sorted(bad)}; known: {ROLES}")
         if self.batch not in (TRIPLETS, PAIRS, None):
             raise ValueError(f"method {self.name}: batch must be 'triplets', 'pairs' or None, got {self.batch!r}")
         if (self.batch is None) != (self.loss is None):

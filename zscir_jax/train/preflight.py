@@ -76,6 +76,10 @@ def check_paths(config, method, *, mode: str) -> None:
     if path and not os.path.exists(os.path.expanduser(path)):
         raise UserError(f"config.model.clip_path={path!r}: no such file or directory (a local transformers / "
                         "OpenCLIP CLIP checkpoint)")
+    mllm_path = config.model.get("mllm_path", "")
+    if mllm_path and not os.path.isdir(os.path.expanduser(mllm_path)):
+        raise UserError(f"config.model.mllm_path={mllm_path!r}: no such directory (a transformers LLaVA checkpoint or "
+                        "a zscir_jax MLLM export)")
     tok = config.data.get("tokenizer", "")
     if tok and not os.path.isdir(tok):
         raise UserError(f"config.data.tokenizer={tok!r}: no such directory")

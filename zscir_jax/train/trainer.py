@@ -156,7 +156,7 @@ def train(config, run_dir: str, mesh, evals=()):
     latest = ckpt.latest_step()
     ts = step_lib.build(method, config, mesh, tx, abstract=latest is not None)
     meta = ckpt_lib.resume_meta(config, ts.state)
-    data = sources.make_loader(config, method.batch)
+    data = sources.make_loader(config, method)
     state, start = ts.state, 0
     if latest is not None:
         ckpt_lib.check_compatible(ckpt.read_meta(latest), meta, ckpt.directory)
@@ -263,7 +263,8 @@ def _encoder(config, mesh, method, model):
     from zscir_jax.evaluation import encoders
 
     mean, std = images.normalization_for(config.model.get("clip_path", ""))
-    return encoders.MethodEncoder(method, model, sources.tokenizer_for(config), mesh,
+    tokenizer = sources.tokenizer_for(config, method.text_fields[method.query_field])
+    return encoders.MethodEncoder(method, model, tokenizer, mesh,
                                   batch_size=config.eval.batch_size, mean=mean, std=std)
 
 
