@@ -89,8 +89,8 @@ def load_pairs(config):
 
 def tokenizers_for(config, method) -> dict:
     """{batch prefix: tokenizer} for a method's ``text_fields`` (one instance per role)."""
-    by_role = {role: tokenizer_for(config, role) for role in set(method.text_fields.values())}
-    return {prefix: by_role[role] for prefix, role in method.text_fields.items()}
+    by_role = {role: tokenizer_for(config, role) for role in set(method.roles.values())}
+    return {prefix: by_role[role] for prefix, role in method.roles.items()}
 
 
 def make_loader(config, method):

@@ -18,12 +18,10 @@ a pair batch ``text_*`` (the caption); any other prefix holds the same text toke
 from __future__ import annotations
 
 import dataclasses
-import types
 from typing import Any, Callable, Mapping, Optional
 
 TRIPLETS, PAIRS = "triplets", "pairs"
 ROLES = ("clip", "llm")
-CLIP_ONLY = types.MappingProxyType({"text": "clip"})
 
 
 def _not_trainable(name: str):
@@ -41,13 +39,15 @@ class Method:
     encode_image: Callable[..., Any]
     batch: Optional[str] = None
     loss: Optional[Callable[..., Any]] = None
-    text_fields: Mapping[str, str] = dataclasses.field(default_factory=lambda: CLIP_ONLY)
+    text_fields: Mapping[str, str] | tuple = (("text", "clip"),)  # stored as sorted pairs: hashable
     query_field: str = "text"
 
     def __post_init__(self):
-        if "text" not in self.text_fields or self.query_field not in self.text_fields:
+        pairs = self.text_fields.items() if isinstance(self.text_fields, Mapping) else self.text_fields
+        object.__setattr__(self, "text_fields", tuple(sorted((str(k), str(v)) for k, v in pairs)))
+        if "text" not in self.roles or self.query_field not in self.roles:
             raise ValueError(f"method {self.name}: text_fields needs 'text' and the query field {self.query_field!r}")
-        bad = set(self.text_fields.values()) - set(ROLES)
+        bad = set(self.roles.values()) - set(ROLES)
         if bad:
             raise ValueError(f"method {self.name}: unknown tokenizer roles {sorted(bad)}; known: {ROLES}")
         if self.batch not in (TRIPLETS, PAIRS, None):
@@ -56,6 +56,11 @@ class Method:
             raise ValueError(f"method {self.name}: a loss goes with a batch kind, and only with one")
         if self.loss is None:
             object.__setattr__(self, "loss", _not_trainable(self.name))
+
+    @property
+    def roles(self) -> dict[str, str]:
+        """{batch prefix: tokenizer role}."""
+        return dict(self.text_fields)
 
     @property
     def trainable(self) -> bool:

@@ -263,7 +263,7 @@ def _encoder(config, mesh, method, model):
     from zscir_jax.evaluation import encoders
 
     mean, std = images.normalization_for(config.model.get("clip_path", ""))
-    tokenizer = sources.tokenizer_for(config, method.text_fields[method.query_field])
+    tokenizer = sources.tokenizer_for(config, method.roles[method.query_field])
     return encoders.MethodEncoder(method, model, tokenizer, mesh,
                                   batch_size=config.eval.batch_size, mean=mean, std=std)
 
