@@ -37,12 +37,15 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Number of processe
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (multi-process runs).")
 
 
+PROGRAM = "zscir_jax.main"  # the name in error lines; zscir_jax.synthesize, which shares these flags, sets its own
+
+
 class UsageError(Exception):
     """A mistake in how the program was called: printed as one line, exit status 2."""
 
 
 def _fail(message: str) -> None:
-    print(f"zscir_jax.main: error: {message}", file=sys.stderr)
+    print(f"{PROGRAM}: error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
