@@ -1,7 +1,9 @@
 r"""The CPU demo: zero-shot CIR end to end on a synthetic benchmark, no downloads.
 
     python -m zscir_jax.main --config configs/demo.py --workdir /tmp/zscir_demo
-    python -m zscir_jax.main --config configs/demo.py:smoke --workdir /tmp/zscir_smoke   # < 1 minute
+    python -m zscir_jax.main --config configs/demo.py:smoke --workdir /tmp/zscir_smoke   # about a minute
+    python -m zscir_jax.main --config configs/demo.py:mllm --workdir /tmp/zscir_demo_mllm  # MLLM-written triplets
+    python -m zscir_jax.main --config configs/demo.py:mllm_smoke --workdir /tmp/zscir_mllm_smoke
 
 Stages: build the scenes benchmark (CIRR layout) -> warm up a tiny CLIP on its train image-caption pairs (standing in
 for a pretrained VLM) -> synthesise triplets with the rule-based generator -> train PVLF on them (towers at a low
@@ -9,6 +11,7 @@ learning rate) -> evaluate PVLF, PVLF untrained, image_only, text_only and image
 the CIRR, FashionIQ and CIRCO layouts; one table per layout.
 """
 import os
+import runpy
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -17,9 +20,9 @@ import ml_collections  # noqa: E402
 
 
 def get_config(arg=None):
-    if arg not in (None, 'smoke'):
-        raise ValueError(f"unknown config argument {arg!r}; allowed: smoke")
-    smoke = arg == "smoke"
+    if arg not in (None, "smoke", "mllm", "mllm_smoke"):
+        raise ValueError(f"unknown config argument {arg!r}; allowed: smoke, mllm, mllm_smoke")
+    smoke = arg in ("smoke", "mllm_smoke")
     c = common.pvlf()
     c.prepare = ml_collections.ConfigDict(dict(
         num_train=300 if smoke else 3000, num_val_queries=50 if smoke else 300, num_test_queries=10,
@@ -41,6 +44,12 @@ def get_config(arg=None):
     c.warmup.train.update(steps=30 if smoke else 800, batch_size=64, log_every=10 if smoke else 100,
                           checkpoint_every=10_000)
 
+    if arg in ("mllm", "mllm_smoke"):
+        # PVLF trains on triplets the demo MLLM writes (configs/synth/collm.py: each train image paired with its
+        # nearest-caption neighbour, the modification written by the MLLM from the two captions) instead of the
+        # rule-based ones; the MLLM is built in the workdir first (zscir_jax.demo.mllm).
+        synth = runpy.run_path(os.path.join(os.path.dirname(os.path.abspath(__file__)), "synth", "collm.py"))
+        c.prepare.synthesis = synth["get_config"]("smoke" if smoke else "demo")
     common.all_benchmarks(c)  # roots filled in by the preparation stage
     c.eval.update(compare=("image_only", "text_only", "image_plus_text"), untrained=True, batch_size=64,
                   table_metrics=("recall@1", "recall@5", "recall@10", "recall_subset@1", "recall_avg",

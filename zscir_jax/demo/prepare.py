@@ -5,6 +5,8 @@
 3. train a word tokenizer on the train captions and triplet texts
 4. warm up a tiny CLIP contrastively on the train pairs (``config.warmup``), standing in for a pretrained VLM, and
    export it to ``<workdir>/clip_pretrain/export``
+5. with ``config.prepare.synthesis`` (a ``configs/synth`` config), synthesise triplets with the demo MLLM and train
+   on those instead of the rule-based ones
 Then ``config`` points at what was made (clip_path, tokenizer, triplets, and the roots of the ``config.evals``
 entries whose ``root`` is empty: by reader, the scenes in that layout). Every stage is skipped when its output
 already exists, and the warm-up resumes from its checkpoints, so a rerun of the demo is cheap.
@@ -71,6 +73,21 @@ def run(config, workdir: str) -> None:
             model = trainer.train(w, os.path.join(workdir, "clip_pretrain"), sharding.make_mesh(tuple(config.mesh.shape)))
             base.export_towers(model, export)
         config.model.clip_path = export
+
+    if p.get("synthesis"):
+        config.data.triplets = synthesized_triplets(p.synthesis, workdir)
+
+
+def synthesized_triplets(synth_config, workdir: str) -> str:
+    """Run (or reuse) a synthesis recipe in the workdir (``python -m zscir_jax.synthesize``'s engine, its demo MLLM
+    built there too) and return its shards as a ``config.data.triplets`` value."""
+    from zscir_jax.synthesis import engine
+
+    manifest = engine.synthesize(synth_config, workdir)
+    out_dir = engine.output_dir(workdir, synth_config.recipe)
+    writers.say(f"demo: training on {manifest['records']} {synth_config.recipe} triplets written by the MLLM "
+                f"({manifest['quarantined']} outputs quarantined)")
+    return ",".join(os.path.join(out_dir, shard) for shard in manifest["shards"])
 
 
 def _texts(record) -> list[str]:
