@@ -419,3 +419,31 @@ def test_user_mistakes_are_one_line_errors(args, expected, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1, result.stderr[-2000:]
     assert lines[0].startswith("zscir_jax.synthesize: error:") and expected in lines[0], lines[0]
+
+
+def test_a_transformers_written_llava_checkpoint_serves_every_image_and_text_recipe(root, tmp_path):
+    """``backend.kind=mllm`` on a directory saved by transformers (LlavaForConditionalGeneration + its processor):
+    every MLLM recipe runs, and every item ends as a record or in the quarantine."""
+    import torch
+
+    ckpt = str(tmp_path / "llava_hf")
+    vocab, image_id = make_tokenizer_dir(ckpt)
+    torch.manual_seed(0)
+    vision = transformers.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                           num_attention_heads=2, image_size=16, patch_size=8)
+    text = transformers.LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                    num_attention_heads=2, num_key_value_heads=1, pad_token_id=3, bos_token_id=1,
+                                    eos_token_id=2)
+    hf = transformers.LlavaForConditionalGeneration(transformers.LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=image_id, vision_feature_layer=-1))
+    hf.save_pretrained(ckpt)
+    transformers.CLIPImageProcessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16}).save_pretrained(
+        ckpt)
+    for recipe in MLLM_RECIPES:
+        c = make_config(recipe, root, kind="mllm", limit=4)
+        c.backend.checkpoint = ckpt
+        manifest = engine.synthesize(c, str(tmp_path / "w"))
+        assert manifest["model"]["checkpoint"] == ckpt and manifest["generations"] > 0, recipe
+        assert manifest["records"] + manifest["quarantined"] >= 1, recipe
+        if recipe in ("mvftji", "distillcir"):  # one record per item, or its quarantine entry
+            assert manifest["records"] + manifest["quarantined"] == manifest["items"] == 4, (recipe, manifest)
