@@ -11,7 +11,7 @@ import pytest
 
 from zscir_jax.data import scenes
 from zscir_jax.demo import mllm_data as md
-from zscir_jax.synthesis import prompts, templates
+from zscir_jax.synthesis import prompts
 
 Obj, Scene, Edit = scenes.Obj, scenes.Scene, scenes.Edit
 # a large red circle at the top left and a small blue square in the centre
@@ -29,8 +29,8 @@ def _relative_lists(prompt):
 
 
 def test_answers_of_a_known_scene_are_exact():
-    assert md.caption_example(TWO, 5) == md.Example(
-        "caption", prompts.MVFTJI_CAPTION, "a large red circle at the top left and a small blue square in the centre", 5)
+    caption = "a large red circle at the top left and a small blue square in the centre"
+    assert md.caption_example(TWO, 5) == md.Example("caption", prompts.MVFTJI_CAPTION, caption, 5)
     att = md.attributes_example(TWO)
     assert att.prompt == prompts.FASHION_ATTRIBUTES
     assert att.answer == ("item 1: shape circle, colour red, size large, position top left\n"
@@ -225,7 +225,8 @@ def test_smoke_build_exports_and_beats_an_untrained_model(smoke):
     from zscir_jax.models import mllm
 
     workdir, path, _ = smoke
-    assert path == os.path.join(workdir, "demo_mllm", "export") and os.path.isfile(os.path.join(path, mllm.EXPORT_MARKER))
+    assert path == os.path.join(workdir, "demo_mllm", "export")
+    assert os.path.isfile(os.path.join(path, mllm.EXPORT_MARKER))
     model, proc = mllm.load(path), mllm.load_processor(path)
     assert proc.image_token_id == model.config.image_token_id == dm.IMAGE_ID
     assert proc.image_seq_length == 16 and proc.image_size == 32  # 32 px, patch 8
@@ -273,3 +274,32 @@ def test_build_or_reuse_reuses_and_rebuilds_on_other_settings(smoke, monkeypatch
     more_scenes.data.scenes.num_train = 201
     with pytest.raises(Called):  # other scenes: built again
         dm.build_or_reuse(more_scenes, str(copy), mesh=mesh, progress=False)
+
+
+def test_training_resumes_where_it_stopped(smoke, tmp_path, monkeypatch):
+    from flax import nnx
+
+    from zscir_jax.demo import mllm as dm
+
+    workdir, _, mesh = smoke
+    root = os.path.join(workdir, "scenes")
+    s = dm.settings(True)
+    dm._update(s, {"llm": {"hidden_size": 32, "intermediate_size": 64, "num_layers": 1}, "tokenizer": {"per_task": 20},
+                   "train": {"steps": 4, "checkpoint_every": 2, "tokens_per_batch": 320,
+                             "group_weights": {"image": 0.0, "long": 0.0}}}, "test")  # one shape: text prompts
+    uninterrupted, _, _ = dm.train(s, root, None, str(tmp_path / "a"), mesh, progress=False)
+    real = dm.Batches.batch
+
+    def stop_at_3(self, step):
+        if step == 3:
+            raise KeyboardInterrupt  # the job is killed while step 4 waits for its batch
+        return real(self, step)
+
+    monkeypatch.setattr(dm.Batches, "batch", stop_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        dm.train(s, root, None, str(tmp_path / "b"), mesh, progress=False)
+    monkeypatch.setattr(dm.Batches, "batch", real)
+    resumed, _, stats = dm.train(s, root, None, str(tmp_path / "b"), mesh, progress=False)
+    assert stats["resumed_from"] == 2 and stats["steps_per_group"] == {"text": 2}
+    a, b = (jax.tree.leaves(nnx.state(m, nnx.Param)) for m in (uninterrupted, resumed))
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))

@@ -221,7 +221,8 @@ def new_model(cfg, seed: int, clip_export: str | None = None):
     if clip_export:
         towers = base.load_exported(clip_export)
         if towers.config.vision != cfg.vision:
-            raise ValueError(f"the CLIP at {clip_export} has vision config {towers.config.vision}, expected {cfg.vision}")
+            raise ValueError(f"the CLIP at {clip_export} has vision config {towers.config.vision}, expected "
+                             f"{cfg.vision}")
         nnx.update(model.vision_tower.vision_model, jax.tree.map(jnp.copy, nnx.state(towers.vision_model)))
     return model
 
