@@ -63,6 +63,8 @@ def make_mesh(shape: Sequence[int] | None = None, axes: Sequence[str] = MESH_AXE
         raise ValueError(f"mesh shape {tuple(shape)} has {len(shape)} entries but the mesh has axes {tuple(axes)}")
     if shape.count(-1) > 1:
         raise ValueError(f"mesh shape {tuple(shape)} may contain at most one -1")
+    if any(s != -1 and s < 1 for s in shape):
+        raise ValueError(f"mesh shape {tuple(shape)}: every entry must be >= 1, or -1")
     known = int(np.prod([s for s in shape if s != -1]))
     if -1 in shape:
         if n % known:

@@ -130,12 +130,17 @@ def collm(ctx, items: Sequence[Item]) -> list[TripletRecord]:
     ctx.counts["unpaired_images"] += len(items) - len({i for i, _ in pairs})
     reqs = [ctx.request("modification", items[i], {"reference_caption": items[i].caption,
                                                    "target_caption": items[j].caption}) for i, j in pairs]
-    gens = ctx.generate(reqs, "modification")
+    return _pair_records(ctx, items, pairs, reqs, ctx.generate(reqs, "modification"), "modification")
+
+
+def _pair_records(ctx, items, pairs, reqs, gens, field: str) -> list[TripletRecord]:
+    """(reference i, target j) records from one-line answers in ``field``; unparsable answers are quarantined by
+    ``ctx.parse``. Shared by the recipes whose target is another image (collm, fashion)."""
     out = []
     for (i, j), req, gen in zip(pairs, reqs, gens):
-        m = ctx.parse(req, gen, line("modification"))
+        m = ctx.parse(req, gen, line(field))
         if m is not None:
-            out.append(ctx.record(reference_image=items[i].key, modification_text=m["modification"],
+            out.append(ctx.record(reference_image=items[i].key, modification_text=m[field],
                                   target_image=items[j].key, target_text=items[j].caption or "",
                                   caption=items[i].caption))
     return out
@@ -212,15 +217,7 @@ def fashion(ctx, items: Sequence[Item]) -> list[TripletRecord]:
     second = [ctx.request("relative", items[i], {
         "reference_attributes": prompts.format_attributes(parsed[i]["items"]),
         "target_attributes": prompts.format_attributes(parsed[j]["items"])}) for i, j in pairs]
-    gens = ctx.generate(second, "relative caption")
-    out = []
-    for (i, j), req, gen in zip(pairs, second, gens):
-        m = ctx.parse(req, gen, line("relative"))
-        if m is not None:
-            out.append(ctx.record(reference_image=items[i].key, modification_text=m["relative"],
-                                  target_image=items[j].key, target_text=items[j].caption or "",
-                                  caption=items[i].caption))
-    return out
+    return _pair_records(ctx, items, pairs, second, ctx.generate(second, "relative caption"), "relative")
 
 
 def attribute_pairs(lists: Sequence[list[dict]], min_diff: int = 1, max_diff: int = 2,

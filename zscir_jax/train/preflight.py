@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import os
 
+from zscir_jax.data.policy import POLICIES as ON_ERROR
 from zscir_jax.errors import UserError
+from zscir_jax.train.optimizer import FINETUNE_FROZEN
 
-LOSSES = ("focal", "info_nce")
-SOURCES = ("triplets", "pairs", "random")
-ON_ERROR = ("raise", "skip")
-FINETUNE = ("none", "text", "both")
+LOSSES = ("focal", "info_nce")  # methods.base.triplet_loss
+SOURCES = ("triplets", "pairs", "random")  # data.sources.make_loader
+FINETUNE = tuple(FINETUNE_FROZEN)
 
 
 def _one_of(key: str, value, allowed) -> None:
@@ -57,17 +58,17 @@ def check(config, method, *, mode: str) -> None:
 
 
 def _check_mesh(config) -> None:
+    """The mesh the run will build, built now: ``sharding.make_mesh``'s own checks, reported as the config key."""
     import jax
-    import numpy as np
+
+    from zscir_jax import sharding
 
     shape = tuple(config.mesh.shape)
-    n = jax.device_count()
-    known = int(np.prod([s for s in shape if s != -1]))
-    ok = (len(shape) == 3 and shape.count(-1) <= 1 and all(s == -1 or s > 0 for s in shape)
-          and (n % known == 0 if -1 in shape else known == n))
-    if not ok:
-        raise UserError(f"config.mesh.shape={shape}: needs (data, fsdp, model) whose product is the {n} devices "
-                        "(one entry may be -1 to take the rest)")
+    try:
+        sharding.make_mesh(shape)
+    except ValueError as e:
+        raise UserError(f"config.mesh.shape={shape}: needs (data, fsdp, model) whose product is the "
+                        f"{jax.device_count()} devices (one entry may be -1 to take the rest): {e}") from None
 
 
 def check_paths(config, method, *, mode: str) -> None:
