@@ -19,6 +19,13 @@ from zscir_jax.data import scenes, sources, tokenizer as tok_lib  # noqa: E402
 from zscir_jax.train import trainer  # noqa: E402
 
 
+def scenes_image(root):
+    from zscir_jax.data import images
+
+    path = next(iter(scenes.image_paths(root, "val").values()))
+    return images.to_uint8_square(images.load_image(path), 32)
+
+
 def _llava_dir(path, corpus):
     """A tiny random LlavaForConditionalGeneration + its own BPE tokenizer (with <image>), saved by transformers."""
     specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
@@ -92,3 +99,12 @@ def test_trains_lora_only_and_evaluates(setup, tmp_path):
 
     results = trainer.evaluate_all(c2, str(tmp_path), mesh, model, suite.specs(c2))
     assert 0 <= results["collm"]["cirr"]["recall@50"] <= 100
+    assert results["collm"]["cirr"]["num_queries"] == 8
+    # The evaluator's queries go through the LLaVA tokenizer, and the text changes the query.
+    enc = trainer._encoder(c2, mesh, methods.get("collm"), model)
+    assert enc.tokenizer.hf.get_vocab() == hf_tok.get_vocab()
+    image = np.asarray(scenes_image(root), np.uint8)[None].repeat(2, 0)
+    a = enc.encode_queries(image, ["change it to red", "change it to red"])
+    b = enc.encode_queries(image, ["a large blue square", "a large blue square"])
+    np.testing.assert_allclose(a[0], a[1], atol=1e-6)
+    assert np.abs(a - b).max() > 1e-4
