@@ -86,6 +86,7 @@ def evaluate(
     cache_key: str | None = None,
     joint_encoder: Encoder | None = None,
     joint_weight: float = 0.0,
+    joint_benchmark: Benchmark | None = None,
     exclude_reference: bool | None = None,
     num_pictures: int = 4,
     log: Callable[[str], None] | None = print,
@@ -96,9 +97,12 @@ def evaluate(
     coverage of the split (see :func:`coverage`).
 
     exclude_reference: drop the reference from its own ranking; None takes the benchmark's protocol default.
-    joint_encoder / joint_weight: score = sim(query, img) + joint_weight * sim(joint query, img) (joint inference).
-    workdir: when given, writes ``workdir/eval/<name>_<split>.json`` and ``.png`` (and submission files for hidden
-    splits); cache_key: cache gallery embeddings at ``workdir/eval/cache/<cache_key>/<name>_<split>.npy``.
+    joint_encoder / joint_weight: score = sim(query, img) + joint_weight * sim(joint query, img) (joint inference);
+    the joint queries read their texts from ``joint_benchmark`` (the same queries, other texts: ``evaluation.joint``)
+    when given, else from ``benchmark``.
+    workdir: when given, writes ``workdir/eval/<name>_<split>.json`` and ``.png``, ``<name>_<split>_ranks.json``
+    (each query's target rank, when the split has ground truth) and submission files for hidden splits;
+    cache_key: cache gallery embeddings at ``workdir/eval/cache/<cache_key>/<name>_<split>.npy``.
     """
     log = log or (lambda s: None)
     family = benchmark.family
@@ -117,7 +121,8 @@ def evaluate(
     q_emb = embed_queries(benchmark, encoder, image_size=image_size, batch_size=batch_size)
     query_sets = [(q_emb, 1.0)]
     if joint_encoder is not None and joint_weight != 0.0:
-        j_emb = embed_queries(benchmark, joint_encoder, image_size=image_size, batch_size=batch_size)
+        j_emb = embed_queries(joint_benchmark or benchmark, joint_encoder, image_size=image_size,
+                              batch_size=batch_size)
         query_sets.append((j_emb, joint_weight))
     t2 = time.perf_counter()
 
@@ -157,6 +162,8 @@ def evaluate(
         if not benchmark.has_ground_truth:
             out["submission_files"] = _write_submissions(benchmark, family, result, eval_dir)
         _write_json(os.path.join(eval_dir, f"{tag}.json"), benchmark, out)
+        if benchmark.has_ground_truth:
+            _write_ranks(os.path.join(eval_dir, f"{tag}_ranks.json"), benchmark, result)
         if num_pictures > 0:
             _save_pictures(os.path.join(eval_dir, f"{tag}.png"), benchmark, result, num_pictures)
     shown = {k: v for k, v in out.items() if "@" in k or k == "recall_avg"}
@@ -262,6 +269,19 @@ def _write_json(path: str, benchmark: Benchmark, out: Mapping) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
         json.dump(record, f, indent=1, sort_keys=False)
+    os.replace(tmp, path)
+
+
+def _write_ranks(path: str, benchmark: Benchmark, result: ranking.Ranking) -> None:
+    """Per query, the 0-based rank of its target (and within its subset): what paired comparisons of two runs
+    resample (``evaluation.compare``)."""
+    record = {"query_ids": [q.query_id for q in benchmark.queries],
+              "target_rank": np.asarray(result.target_rank).tolist()}
+    if result.subset_target_rank is not None:
+        record["subset_target_rank"] = np.asarray(result.subset_target_rank).tolist()
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(record, f)
     os.replace(tmp, path)
 
 
