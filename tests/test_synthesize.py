@@ -12,16 +12,15 @@ import textwrap
 import numpy as np
 import pytest
 import transformers
-from flax import nnx
-from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
 from zscir_jax.data import pipeline, scenes, sources, triplets
-from zscir_jax.models import clip, llm, mllm
 from zscir_jax.synthesis import backends, cache, engine, recipes, rule_based
+
+import tiny_llava
+from tiny_llava import make_tokenizer_dir
 
 CONFIGS = os.path.join(os.path.dirname(__file__), "..", "configs", "synth")
 MLLM_RECIPES = ("mvftji", "distillcir", "collm", "fashion")
-PRE = {"size": {"shortest_edge": 16}, "crop_size": {"height": 16, "width": 16}}
 MANIFEST_KEYS = {"recipe", "records", "quarantined", "shards", "format", "items", "generations", "tokens", "generator",
                  "model", "templates", "sampling", "seed", "parse_failures", "quarantine_reasons", "source", "counts"}
 
@@ -67,44 +66,18 @@ def read_outputs(workdir, recipe):
 
 # ------------------------------------------------------------------------------------------ a tiny random LLaVA
 
-def make_tokenizer_dir(path):
-    """Word-level: the scenes' words, some prompt words, <image> last; no chat template (LLaVA's plain format)."""
-    words = sorted(set(" ".join([*scenes.SHAPES, *scenes.COLOURS, *scenes.SIZES, *scenes.POSITIONS,
-                                 "a the and at on in item shape colour size position : , make change remove add",
-                                 "USER: ASSISTANT:"]).split()))
-    vocab = {t: i for i, t in enumerate(["<unk>", "<s>", "</s>", "<pad>", *words, "<image>"])}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-                                         unk_token="<unk>", additional_special_tokens=["<image>"]).save_pretrained(path)
-    return len(vocab), vocab["<image>"]
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(model, processor, tokenizer dir): a random 1-layer LLaVA, 16px images, 4 image tokens."""
     tok_dir = str(tmp_path_factory.mktemp("tok"))
-    vocab, image_id = make_tokenizer_dir(tok_dir)
-    vision = clip.CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                   image_size=16, patch_size=8)
-    text = llm.LLMConfig.tiny(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
-                              num_kv_heads=1, eos_token_ids=(2,), pad_token_id=3)
-    cfg = mllm.MLLMConfig(vision=vision, text=text, image_token_id=image_id)
-    model = mllm.MLLM(cfg, rngs=nnx.Rngs(0))
-    # Words, not silence: the special tokens (unk, bos, eos, pad) never win, and the others are sharper.
-    head = model.llm.lm_head.kernel
-    head.value = (head.value * 10.0).at[:, :4].set(0.0)  # logit 0, below the best of 40 random ones
-    processor = mllm.Processor(llm.load_tokenizer(tok_dir), image_token_id=image_id,
-                               image_seq_length=cfg.image_seq_length, preprocessor_config=PRE, vision_image_size=16)
+    model, processor = tiny_llava.build(tok_dir)
     return model, processor, tok_dir
 
 
 @pytest.fixture(scope="module")
 def exported(tiny, tmp_path_factory):
     model, _, tok_dir = tiny
-    return mllm.export(model, str(tmp_path_factory.mktemp("export") / "tiny_llava"), tokenizer_dir=tok_dir,
-                       preprocessor=PRE)
+    return tiny_llava.export(model, tok_dir, str(tmp_path_factory.mktemp("export") / "tiny_llava"))
 
 
 def tiny_backend(tiny, batch_size):

@@ -11,8 +11,9 @@
                   and the request)
     batch_size    prompts per generate call (per process)
     data          kind: pairs (``pairs``: JSONL {"image", "caption"} or CSV image,caption; ``image_root`` for
-                  relative paths) | scenes (the scenes benchmark's train split at ``root``, default WORKDIR/scenes,
-                  built from ``scenes`` when absent); ``source``: the records' source label ("" = derived)
+                  relative paths) | folder (every image file under ``folder``; image-only recipes) | scenes (the
+                  scenes benchmark's train split at ``root``, default WORKDIR/scenes, built from ``scenes`` when
+                  absent); ``source``: the records' source label ("" = derived)
     limit         the first N items only (0 = all)
     output        num_shards, format (jsonl | array_record)
     <recipe>      the recipe's own knobs
@@ -43,7 +44,7 @@ def base(recipe: str, arg=None) -> ml_collections.ConfigDict:
                                                pad_to_multiple=32, cache_dir=""))
     c.sampling = ml_collections.ConfigDict(dict(temperature=0.0, top_p=1.0, max_new_tokens=64, seed=0))
     c.batch_size = 32
-    c.data = ml_collections.ConfigDict(dict(kind="pairs", pairs="", image_root="", root="", source="",
+    c.data = ml_collections.ConfigDict(dict(kind="pairs", pairs="", image_root="", folder="", root="", source="",
                                             scenes=dict(num_train=3000, num_val_queries=300, num_test_queries=10,
                                                         image_size=32, seed=0)))
     c.limit = 0

@@ -43,5 +43,13 @@ class RandomTriplets:
             mask[i, : n[i]] = 1
         if self.kind == "pairs":
             return {"pixels": ref + self.patterns[words], "text_ids": ids, "text_mask": mask}
+        # The "target text" names the pattern too (BOS, one word, EOT), so a query -> target-text objective can be
+        # learned; the caption is the same short text (a layout for caption objectives, not a learnable one).
+        word_ids = np.zeros((self.b, self.l), np.int32)
+        word_ids[:, 0], word_ids[:, 1], word_ids[:, 2] = 1, 3 + words, self.v - 1
+        word_mask = (word_ids > 0).astype(np.int32)
+        yes = np.ones(self.b, np.bool_)
         return {"reference_pixels": ref, "text_ids": ids, "text_mask": mask,
-                "target_pixels": ref + self.patterns[words]}
+                "target_pixels": ref + self.patterns[words], "has_target_image": yes,
+                "target_text_ids": word_ids, "target_text_mask": word_mask, "has_target_text": yes,
+                "caption_ids": word_ids, "caption_mask": word_mask, "has_caption": yes}

@@ -63,6 +63,10 @@ def _resolve(path: str, image_root: str | None) -> str:
     return path if image_root is None or os.path.isabs(path) else os.path.join(image_root, path)
 
 
+# Batch prefixes that hold a record's own field (every other tokenizer prefix re-tokenizes the modification text).
+RECORD_FIELDS = ("text", "target_text", "caption")
+
+
 class _Decode:
     """Shared part of the per-element transforms: raise-or-skip around image decoding."""
 
@@ -85,7 +89,7 @@ class _Decode:
         out = {}
         if isinstance(self.tokenizer, dict):
             for prefix in self.tokenizer:
-                if prefix not in ("text", "target_text"):
+                if prefix not in RECORD_FIELDS:
                     out[f"{prefix}_ids"], out[f"{prefix}_mask"] = self.tokens(text, prefix)
         return out
 
@@ -109,9 +113,14 @@ class _TripletTransform(_Decode):
         has_target = r.target_image is not None and r.target_image != ""
         target = (self.pixels(r.target_image) if has_target
                   else np.zeros((self.image_size, self.image_size, 3), np.float32))
-        return {"reference_pixels": self.pixels(r.reference_image), "text_ids": ids, "text_mask": mask,
-                "target_pixels": target, "has_target_image": np.bool_(has_target),
-                "target_text_ids": tids, "target_text_mask": tmask, **self.extra_fields(r.modification_text)}
+        out = {"reference_pixels": self.pixels(r.reference_image), "text_ids": ids, "text_mask": mask,
+               "target_pixels": target, "has_target_image": np.bool_(has_target),
+               "target_text_ids": tids, "target_text_mask": tmask, "has_target_text": np.bool_(bool(r.target_text)),
+               **self.extra_fields(r.modification_text)}
+        if isinstance(self.tokenizer, dict) and "caption" in self.tokenizer:
+            out["caption_ids"], out["caption_mask"] = self.tokens(r.caption or "", "caption")
+            out["has_caption"] = np.bool_(bool(r.caption))
+        return out
 
     def __call__(self, element: Any) -> dict | None:
         return self.guarded(self._one, element)
@@ -190,7 +199,8 @@ def triplet_loader(records_or_source, *, global_batch_size: int, image_size: int
 
     ``reference_pixels`` f32 [b,S,S,3], ``text_ids``/``text_mask`` i32 [b,L], ``target_pixels`` f32 [b,S,S,3]
     (zeros where there is no target image), ``has_target_image`` bool [b], ``target_text_ids``/``target_text_mask``
-    i32 [b,L].
+    i32 [b,L], ``has_target_text`` bool [b]; with a ``"caption"`` entry in a tokenizer dict also
+    ``caption_ids``/``caption_mask`` i32 [b,L] and ``has_caption`` bool [b] (the record's caption).
 
     ``records_or_source``: a list of ``TripletRecord`` / dicts, a Grain random-access source of JSON bytes
     (``triplets.array_record_source``), or a ``.jsonl`` / ``.array_record`` path. ``stats`` (or the returned

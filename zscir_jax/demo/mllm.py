@@ -763,7 +763,8 @@ def scene_params(config, s) -> dict:
     demo = _load_demo_config(s) if config is None or not config.get("prepare") else config
     p = demo.prepare
     return {"num_train": int(p.num_train), "num_val_queries": int(p.num_val_queries),
-            "num_test_queries": int(p.num_test_queries), "image_size": int(p.render_size), "seed": int(demo.seed)}
+            "num_test_queries": int(p.num_test_queries), "image_size": int(p.render_size),
+            "seed": int(p.get("seed", demo.seed))}
 
 
 def _load_demo_config(s):
@@ -785,7 +786,7 @@ def prepare(config, workdir: str, s, params: dict) -> tuple[str, str | None]:
     with demo.unlocked():
         demo.prepare.update(num_train=params["num_train"], num_val_queries=params["num_val_queries"],
                             num_test_queries=params["num_test_queries"], render_size=params["image_size"])
-        demo.seed = params["seed"]
+        demo.seed = demo.prepare.seed = params["seed"]
         for key, value in s.prepare.overrides:  # dotted keys, e.g. ("warmup.train.steps", 8)
             node = demo
             *head, last = key.split(".")
@@ -859,7 +860,7 @@ def build_or_reuse(config, workdir: str, *, mesh=None, progress: bool = True) ->
 
 
 def _summary(q: dict) -> str:
-    keys = ("caption_token_f1", "attributes_parsable", "distillcir_parsable")
+    keys = ("caption_token_f1", "target_token_f1", "modification_valid")  # the rest: quality.json
     parts = [f"train {q.get('train_s', 0):.0f} s"] + [f"{k} {q[k]:.2f}" for k in keys if k in q]
     return ", ".join(parts)
 

@@ -6,7 +6,8 @@
 4. warm up a tiny CLIP contrastively on the train pairs (``config.warmup``), standing in for a pretrained VLM, and
    export it to ``<workdir>/clip_pretrain/export``
 5. with ``config.prepare.synthesis`` (a ``configs/synth`` config), synthesise triplets with the demo MLLM and train
-   on those instead of the rule-based ones
+   on those instead of the rule-based ones (that config, and ``config.joint.synthesis``, are pointed at the scenes
+   built in step 1, so the demo MLLM they build trains on the same benchmark)
 Then ``config`` points at what was made (clip_path, tokenizer, triplets, and the roots of the ``config.evals``
 entries whose ``root`` is empty: by reader, the scenes in that layout). Every stage is skipped when its output
 already exists, and the warm-up resumes from its checkpoints, so a rerun of the demo is cheap.
@@ -30,14 +31,15 @@ def run(config, workdir: str) -> None:
 
     writers.say(f"demo: preparing the scenes benchmark, triplets, tokenizer and CLIP in {workdir}")
     p = config.prepare
+    seed = int(p.get("seed", config.seed))  # the benchmark's and warm-up's; config.seed is the trained method's
     root = os.path.join(workdir, "scenes")
     scenes.build(root, num_train=p.num_train, num_val_queries=p.num_val_queries, num_test_queries=p.num_test_queries,
-                 image_size=p.render_size, seed=config.seed)
+                 image_size=p.render_size, seed=seed)
     pairs = scenes.train_pairs(root)
 
     triplet_path = os.path.join(workdir, "triplets", "rule_based.jsonl")
     if not os.path.isfile(triplet_path):
-        records = rule_based.generate(root, seed=config.seed, max_per_image=p.triplets_per_image)
+        records = rule_based.generate(root, seed=seed, max_per_image=p.triplets_per_image)
         logging.info("rule-based synthesis: %s", getattr(records, "stats", len(records)))
         if jax.process_index() == 0:
             triplets.write_jsonl(records, triplet_path)
@@ -65,6 +67,7 @@ def run(config, workdir: str) -> None:
             w = config.copy_and_resolve_references()
             w.unlock()
             w.method = "clip_pretrain"
+            w.seed = seed
             w.model.clip_path = ""
             w.optim = config.warmup.optim
             w.train = config.warmup.train
@@ -74,20 +77,21 @@ def run(config, workdir: str) -> None:
             base.export_towers(model, export)
         config.model.clip_path = export
 
+    for synth in (p.get("synthesis"), (config.get("joint") or {}).get("synthesis")):
+        if synth is not None and synth.data.kind == "scenes":
+            align_synthesis(synth, p, seed, root)
     if p.get("synthesis"):
-        config.data.triplets = synthesized_triplets(p.synthesis, workdir)
+        from zscir_jax.synthesis import engine
+
+        config.data.triplets = engine.run_for_training(p.synthesis, workdir)
 
 
-def synthesized_triplets(synth_config, workdir: str) -> str:
-    """Run (or reuse) a synthesis recipe in the workdir (``python -m zscir_jax.synthesize``'s engine, its demo MLLM
-    built there too) and return its shards as a ``config.data.triplets`` value."""
-    from zscir_jax.synthesis import engine
-
-    manifest = engine.synthesize(synth_config, workdir)
-    out_dir = engine.output_dir(workdir, synth_config.recipe)
-    writers.say(f"demo: training on {manifest['records']} {synth_config.recipe} triplets written by the MLLM "
-                f"({manifest['quarantined']} outputs quarantined)")
-    return ",".join(os.path.join(out_dir, shard) for shard in manifest["shards"])
+def align_synthesis(synth, p, seed: int, root: str) -> None:
+    """A synthesis config on the scenes (and the demo MLLM it builds) reads the benchmark this preparation built:
+    its own ``data.scenes`` would otherwise rebuild ``root`` with other parameters under the run's feet."""
+    synth.data.root = root
+    synth.data.scenes.update(num_train=int(p.num_train), num_val_queries=int(p.num_val_queries),
+                             num_test_queries=int(p.num_test_queries), image_size=int(p.render_size), seed=seed)
 
 
 def _texts(record) -> list[str]:

@@ -33,6 +33,12 @@ class MethodEncoder:
         self.state = state
         self._images = jax.jit(images_fn)
         self._queries = jax.jit(queries_fn)
+        self._texts = None
+        if method.encode_text is not None:
+            def texts_fn(state, ids, mask):
+                return method.encode_text(nnx.merge(graphdef, state), ids, mask)
+
+            self._texts = jax.jit(texts_fn)
 
     def _pad(self, x: np.ndarray, n: int):
         pad = np.zeros((self.batch - n,) + x.shape[1:], x.dtype)
@@ -60,4 +66,18 @@ class MethodEncoder:
                 q = self._queries(self.state, self._pad(pixels[a:b], n), self._pad(np.asarray(ids[a:b], np.int32), n),
                                   self._pad(np.asarray(mask[a:b], np.int32), n))
             out.append(np.asarray(q)[:n])
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """Texts alone in the gallery's space (``Method.encode_text``; joint inference)."""
+        if self._texts is None:
+            raise ValueError("this method has no text embedding (Method.encode_text is None)")
+        ids, mask = self.tokenizer(list(texts))
+        out = []
+        for a, b in self._chunks(len(texts)):
+            n = b - a
+            with jax.set_mesh(self.mesh):
+                t = self._texts(self.state, self._pad(np.asarray(ids[a:b], np.int32), n),
+                                self._pad(np.asarray(mask[a:b], np.int32), n))
+            out.append(np.asarray(t)[:n])
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -117,16 +117,21 @@ def load(spec: EvalSpec) -> list:
 
 
 def run(spec: EvalSpec, benchmarks: list, encoder, *, image_size: int, batch_size: int, out_dir: str | None,
-        log: Callable[[str], None] | None) -> dict:
-    """Evaluate ``encoder`` on a spec's benchmarks; returns one flat dict with the keys in the module docstring."""
-    from zscir_jax.evaluation import evaluator
+        log: Callable[[str], None] | None, scoring=None, texts_for: Callable | None = None) -> dict:
+    """Evaluate ``encoder`` on a spec's benchmarks; returns one flat dict with the keys in the module docstring.
+    ``scoring`` / ``texts_for``: joint inference (``evaluation.joint``); None scores by the queries alone."""
+    from zscir_jax.evaluation import evaluator, joint
 
     kwargs = dict(image_size=image_size, batch_size=batch_size, workdir=out_dir, log=log)
+
+    def one(b):
+        return joint.evaluate(b, encoder, scoring, texts_for, **kwargs)
+
     if spec.reader != "fashioniq":
-        out = evaluator.evaluate(benchmarks[0], encoder, **kwargs)
+        out = one(benchmarks[0])
         out.update(_validated(out.get("submission_files", ()), spec, len(benchmarks[0].gallery)))
         return out
-    per_cat = {b.name.removeprefix(f"{spec.name}_"): evaluator.evaluate(b, encoder, **kwargs) for b in benchmarks}
+    per_cat = {b.name.removeprefix(f"{spec.name}_"): one(b) for b in benchmarks}
     out = {}
     if all(b.has_ground_truth for b in benchmarks):
         for row, metrics in evaluator.fashioniq_average(per_cat).items():

@@ -6,9 +6,16 @@ The trainer and the evaluator see a method only through this record, never throu
     loss(model, batch, config, rngs=None) -> (loss, metrics)  inside the jitted step, on the GLOBAL batch
     encode_query(model, ref_pixels, text_ids, text_mask) -> [B, D] L2-normalised composed query
     encode_image(model, pixels) -> [B, D]                      L2-normalised gallery embedding
+    encode_text(model, text_ids, text_mask) -> [B, D]          optional: a text in the gallery's space (joint
+                                                               inference, ``evaluation.joint``); None: not offered
     batch: "triplets" | "pairs" | None                         the records it trains on (None: training-free)
     text_fields: {batch prefix: tokenizer role}                which tokenizer writes each text field
     query_field: the prefix whose tokenizer writes the query's text at evaluation
+    check(config)                                             optional: the method's own config checks, before any
+                                                              stage runs (a ``UserError`` naming the key)
+
+A triplet batch also carries ``has_target_text`` (bool [B]); a method that names the prefix ``caption`` in its
+``text_fields`` gets the record's caption as ``caption_ids`` / ``caption_mask`` with ``has_caption``.
 
 Tokenizer roles (``data.sources.tokenizer_for``): "clip", the towers' (or the demo's word) tokenizer; "llm", the
 tokenizer in ``config.model.mllm_path`` (a pretrained (M)LLM's own), falling back to "clip" when no such path is set
@@ -41,6 +48,8 @@ class Method:
     loss: Optional[Callable[..., Any]] = None
     text_fields: Mapping[str, str] | tuple = (("text", "clip"),)  # stored as sorted pairs: hashable
     query_field: str = "text"
+    encode_text: Optional[Callable[..., Any]] = None
+    check: Optional[Callable[[Any], None]] = None  # the method's own config checks (UserError), run by preflight
 
     def __post_init__(self):
         pairs = self.text_fields.items() if isinstance(self.text_fields, Mapping) else self.text_fields

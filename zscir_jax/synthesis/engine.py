@@ -72,7 +72,7 @@ def check_config(config, check_backend: bool = True) -> None:
                     continue  # checked below against the chosen modification prompt
                 raise UserError(f"config.templates.{name} is missing (recipe {recipe} needs "
                                 f"{', '.join(recipes.FIELDS[recipe])})")
-            _check_template(name, templates[name], allowed)
+            check_template(name, templates[name], allowed)
         unknown = set(templates) - set(recipes.FIELDS[recipe])
         if unknown:
             raise UserError(f"config.templates has entries recipe {recipe} does not use: {', '.join(sorted(unknown))}")
@@ -117,7 +117,7 @@ def check_config(config, check_backend: bool = True) -> None:
         _integer(opts, "targets_per_image", 1, name="config.fashion.targets_per_image", default=1)
 
 
-def _check_template(name: str, template, allowed: Sequence[str]) -> None:
+def check_template(name: str, template, allowed: Sequence[str]) -> None:
     if not isinstance(template, str) or not template.strip():
         raise UserError(f"config.templates.{name} must be a non-empty string")
     try:
@@ -519,6 +519,18 @@ def synthesize(config, workdir: str, *, backend=None, progress: bool | None = No
         _barrier(f"zscir_synthesis:{recipe}:written")
     manifest["run"] = dict(ctx.stats)  # this process, this run (not written: the manifest stays deterministic)
     return manifest
+
+
+def run_for_training(config, workdir: str) -> str:
+    """Run (or reuse: every generation is cached) a recipe in the workdir and return its shards as a
+    ``config.data.triplets`` value (the main job's ``config.synthesis`` stage and the demo's preparation)."""
+    from zscir_jax.train import writers
+
+    manifest = synthesize(config, workdir)
+    out_dir = output_dir(workdir, config.recipe)
+    writers.say(f"training on {manifest['records']} {config.recipe} triplets written by {manifest['generator']} "
+                f"({manifest['quarantined']} outputs quarantined; {out_dir})")
+    return ",".join(os.path.join(out_dir, shard) for shard in manifest["shards"])
 
 
 def training_flag(workdir: str, manifest: dict) -> str:

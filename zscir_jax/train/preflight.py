@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 from zscir_jax.data.policy import POLICIES as ON_ERROR
-from zscir_jax.errors import UserError
+from zscir_jax.errors import UserError, renamed_keys
 from zscir_jax.train.optimizer import FINETUNE_FROZEN
 
 LOSSES = ("focal", "info_nce")  # methods.base.triplet_loss
@@ -54,6 +54,16 @@ def check(config, method, *, mode: str) -> None:
             methods.get(name)
         except UserError as e:
             raise UserError(f"config.eval.compare: {e}") from None
+    if method.check is not None:
+        method.check(config)
+    if config.get("synthesis") and mode == "train" and method.trainable:
+        from zscir_jax.synthesis import engine
+
+        with renamed_keys("config.synthesis"):
+            engine.check_config(config.synthesis)
+    from zscir_jax.evaluation import joint
+
+    joint.check(config, method)
     _check_mesh(config)
 
 

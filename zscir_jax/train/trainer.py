@@ -7,6 +7,9 @@ Workdir layout:
     <workdir>/<method>/eval/<eval name>_<split>.{json,png}  one directory per evaluated method
     <workdir>/results.json                                  {method: {eval name: {metric: value}}}
 
+``config.synthesis`` (a ``configs/synth`` config) writes the training triplets first (``synthesis.engine``; cached, so
+a rerun generates nothing) and trains on them. ``config.joint``: joint inference rows (``evaluation.joint``).
+
 ``config.mode``: "train" (train, or resume, then evaluate) or "eval" (restore the newest checkpoint in the workdir,
 or ``config.init_from``, and evaluate; nothing is trained). ``config.prepare`` (the demo) runs first, see
 ``zscir_jax.demo.prepare``. ``config.evals`` lists the benchmarks (``zscir_jax.evaluation.suite``).
@@ -64,6 +67,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
             from zscir_jax.demo import prepare
 
             prepare.run(config, workdir)
+        if config.get("synthesis") and mode == "train" and method.trainable:
+            from zscir_jax.synthesis import engine
+
+            config.data.triplets = engine.run_for_training(config.synthesis, workdir)
         preflight.check_paths(config, method, mode=mode)
         evals = suite.usable(suite.specs(config), writers.warn)
         mesh = sharding.make_mesh(tuple(config.mesh.shape))
@@ -268,13 +275,31 @@ def _encoder(config, mesh, method, model):
                                   batch_size=config.eval.batch_size, mean=mean, std=std)
 
 
+def _target_texts(config, workdir: str, scorings):
+    """``benchmark -> t-hat per query`` when a row needs the MLLM's target texts (``evaluation.joint``), else None."""
+    if not any(s is not None and s.needs_texts for s in scorings):
+        return None
+    from zscir_jax.evaluation import joint
+    from zscir_jax.synthesis import target_text
+
+    writer = target_text.TargetTextWriter(config.joint.synthesis, workdir,
+                                          progress=config.train.get("progress_bar", True))
+    return joint.texts_function(writer)
+
+
 def evaluate_periodic(config, evals, mesh, method, model, run_dir: str) -> dict:
-    """``eval/<name>/<metric>`` scalars of the model in training (files go to ``<run_dir>/eval``)."""
+    """``eval/<name>/<metric>`` scalars of the model in training, scored like its main result row (files go to
+    ``<run_dir>/eval``)."""
+    from zscir_jax.evaluation import joint
+
     enc = _encoder(config, mesh, method, model)
+    scoring = joint.rows(config, config.method)[0][1]
+    texts_for = _target_texts(config, os.path.dirname(run_dir), [scoring])
     scalars = {}
     for spec in evals:
         out = suite.run(spec, suite.load(spec), enc, image_size=config.data.image_size,
-                        batch_size=config.eval.batch_size, out_dir=run_dir, log=logging.info)
+                        batch_size=config.eval.batch_size, out_dir=run_dir, log=logging.info, scoring=scoring,
+                        texts_for=texts_for)
         scalars.update({f"eval/{spec.name}/{k}": float(v) for k, v in out.items()
                         if "@" in k or k == "recall_avg"})
     return scalars
@@ -283,25 +308,34 @@ def evaluate_periodic(config, evals, mesh, method, model, run_dir: str) -> dict:
 def evaluate_all(config, workdir: str, mesh, trained, evals) -> dict:
     """The method (trained, or restored), optionally its initialisation, and ``config.eval.compare``, on every eval;
     prints one table per eval and writes ``results.json``."""
+    from zscir_jax.evaluation import joint
+
     method = methods.get(config.method)
-    entries = []
+    own = joint.rows(config, config.method)  # the main row, then config.joint.also
+    entries = []  # (row name, method, model: "trained" | "untrained", scoring)
     if not method.trainable or trained is not None:
-        entries.append((config.method, method, trained))
+        entries += [(name, method, "trained", scoring) for name, scoring in own]
     if config.eval.get("untrained") and method.trainable:
-        entries.append((f"{config.method}_untrained", method, None))
-    entries += [(name, methods.get(name), None) for name in config.eval.get("compare", ())]
+        entries.append((f"{config.method}_untrained", method, "untrained", own[0][1]))
+    entries += [(name, methods.get(name), "untrained", None) for name in config.eval.get("compare", ())]
     benchmarks = {spec.name: suite.load(spec) for spec in evals}  # read once, shared by every method
+    texts_for = _target_texts(config, workdir, [scoring for *_, scoring in entries])
+    encoders: dict = {}  # one per (method, model), shared by that model's rows
     results: dict = {}
-    for name, m, model in entries:
-        if model is None:
-            with sharding.activate(mesh):
-                model = m.build(config, nnx.Rngs(config.seed))
-        enc = _encoder(config, mesh, m, model)
+    for name, m, which, scoring in entries:
+        if (m.name, which) not in encoders:
+            model = trained if which == "trained" and m is method else None
+            if model is None:
+                with sharding.activate(mesh):
+                    model = m.build(config, nnx.Rngs(config.seed))
+            encoders[(m.name, which)] = _encoder(config, mesh, m, model)
+        enc = encoders[(m.name, which)]
         results[name] = {}
         for spec in evals:
             results[name][spec.name] = suite.run(spec, benchmarks[spec.name], enc, image_size=config.data.image_size,
                                                  batch_size=config.eval.batch_size,
-                                                 out_dir=os.path.join(workdir, name), log=logging.info)
+                                                 out_dir=os.path.join(workdir, name), log=logging.info,
+                                                 scoring=scoring, texts_for=texts_for)
     if jax.process_index() == 0:
         print(format_results(config, evals, results), flush=True)
         path = os.path.join(workdir, "results.json")

@@ -27,3 +27,7 @@ class FusionRetriever(nnx.Module):
 
     def image(self, pixels):
         return l2_normalize(self.clip.encode_image(pixels))
+
+    def text(self, text_ids, text_mask):
+        """The text tower's normalised embedding (CLIP: the projection of the EOT token)."""
+        return l2_normalize(self.clip.encode_text(text_ids, text_mask))
