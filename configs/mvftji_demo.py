@@ -14,6 +14,8 @@ Arguments (comma-separated, e.g. ``:smoke,task1_only``), the README's ablations:
     task1_only   caption_weight = 0 (no text-to-image task)
     task2_only   target_text_weight = 0 (no target-text task: the fusion module gets no gradient)
     alt_prompt   the modifications come from P'_m (``modification_alt``) instead of P_m
+    oracle_texts the training texts are exact (the ``rule_based`` backend reads them off the scenes' structure);
+                 the demo MLLM still writes the benchmark queries' target texts (a diagnostic: the data or the method?)
 Each changes what is trained, so give each its own workdir (a copy of a finished demo's workdir without its mvftji/
 directory reuses the scenes, the CLIP warm-up, the demo MLLM and every cached generation).
 """
@@ -26,7 +28,7 @@ sys.path.insert(0, HERE)
 import common  # noqa: E402
 import demo  # noqa: E402
 
-FLAGS = ("smoke", "task1_only", "task2_only", "alt_prompt")
+FLAGS = ("smoke", "task1_only", "task2_only", "alt_prompt", "oracle_texts")
 MVFTJI_TASKS = ("caption", "modification", "modification_alt", "target")
 
 
@@ -61,6 +63,9 @@ def get_config(arg=None):
     c.prepare.synthesis = synthesis(smoke)
     if "alt_prompt" in flags:
         c.prepare.synthesis.mvftji.modification_prompt = "modification_alt"
+    if "oracle_texts" in flags:  # a copy: the joint inference keeps the demo MLLM
+        c.prepare.synthesis = c.prepare.synthesis.copy_and_resolve_references()
+        c.prepare.synthesis.backend.kind = "rule_based"
     if "task1_only" in flags:
         c.loss.caption_weight = 0.0
     if "task2_only" in flags:
@@ -68,7 +73,7 @@ def get_config(arg=None):
     c.joint.update(mode="joint", weight=1.0, also=("query_only", "text_only", "joint:0.5", "joint:2"))
     # The same MLLM and P_tt write the benchmark queries' target texts: one object, so an override of
     # config.prepare.synthesis (e.g. the demo MLLM's steps) is the joint inference's too.
-    c.joint.synthesis = c.prepare.synthesis
+    c.joint.synthesis = synthesis(smoke) if "oracle_texts" in flags else c.prepare.synthesis
 
     c.evals, c.eval = d.evals, d.eval
     return c

@@ -303,3 +303,65 @@ def test_demo_smoke_from_the_command_line_writes_the_rows_and_reevaluates_from_t
     scores = lambda r: {m: {e: {k: v for k, v in x.items() if "@" in k} for e, x in ev.items()}  # noqa: E731
                         for m, ev in r.items()}
     assert scores(json.load(open(workdir / "results.json"))) == scores(results)
+
+
+def _tiny_hf_clip(path):
+    """A transformers CLIP directory (weights, config, a word-level tokenizer over the scenes' words)."""
+    import torch
+    import transformers
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    words = sorted(set(" ".join([*scenes.SHAPES, *scenes.COLOURS, *scenes.SIZES, *scenes.POSITIONS,
+                                 "a the and at on in make change remove add"]).split()))
+    vocab = {t: i for i, t in enumerate(["<pad>", "<unk>", "<|startoftext|>", "<|endoftext|>", *words])}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", 2), ("<|endoftext|>", 3)])
+    transformers.PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                         bos_token="<|startoftext|>", eos_token="<|endoftext|>").save_pretrained(path)
+    torch.manual_seed(0)
+    cfg = transformers.CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=24, pad_token_id=0, bos_token_id=2,
+                         eos_token_id=3),
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                           image_size=32, patch_size=16), projection_dim=16)
+    transformers.CLIPModel(cfg).save_pretrained(path)
+    return path
+
+
+def test_real_config_runs_locally_on_a_folder_of_images_with_local_checkpoints(tmp_path, llava_checkpoint):
+    """configs/mvftji_clip_b32.py:runlocal as its docstring says, on a transformers CLIP and a LLaVA export: the
+    synthesis stage over a folder of images, training, and joint inference with the LLaVA's target texts."""
+    clip_dir = _tiny_hf_clip(str(tmp_path / "clip"))
+    root = scenes.build(str(tmp_path / "scenes"), num_train=10, num_val_queries=4, num_test_queries=2, image_size=32)
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "zscir_jax.main", "--config", os.path.join(ROOT, "configs", "mvftji_clip_b32.py:runlocal"),
+           "--workdir", str(workdir), f"--config.model.clip_path={clip_dir}",
+           f"--config.synthesis.backend.checkpoint={llava_checkpoint}",
+           f"--config.synthesis.data.folder={os.path.join(root, 'train')}", f"--config.evals.cirr.root={root}",
+           "--config.synthesis.limit=6", "--config.synthesis.sampling.max_new_tokens=6",
+           "--config.synthesis.backend.dtype=float32", "--config.synthesis.backend.param_dtype=float32",
+           "--config.data.image_size=32", "--config.data.max_length=24", "--config.train.steps=3",
+           "--config.train.batch_size=8", "--config.eval.batch_size=8", "--config.model.fusion.heads=2"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert run.returncode == 0, run.stderr[-3000:]
+    manifest = json.load(open(workdir / "synthesis" / "mvftji" / "manifest.json"))
+    assert manifest["items"] == 6 and manifest["records"] >= 1
+    results = json.load(open(workdir / "results.json"))
+    assert {"mvftji", "mvftji_query_only", "mvftji_text_only", "image_plus_text"} <= set(results)
+    assert set(results["mvftji"]) == {"cirr"}  # FashionIQ / CIRCO roots left empty: skipped with a warning
+    assert "config.evals.circo.root is empty" in run.stderr
+    rows = [json.loads(x) for x in open(workdir / "joint_inference" / "cirr_val.jsonl")]
+    assert len(rows) == 4 and all(r["reference"].startswith(root) for r in rows)
+
+
+def test_real_config_without_its_checkpoint_is_one_line(tmp_path):
+    cmd = [sys.executable, "-m", "zscir_jax.main", "--config", os.path.join(ROOT, "configs", "mvftji_clip_b32.py"),
+           "--workdir", str(tmp_path / "w")]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1, run.stderr[-2000:]
+    assert "config.synthesis.backend.checkpoint is empty" in lines[0]
+    assert not os.path.exists(tmp_path / "w" / "synthesis")

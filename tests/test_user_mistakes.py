@@ -18,6 +18,7 @@ ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 MISTAKES = [
     ("train.batch_size", 0, "config.train.batch_size=0: must be > 0"),
     ("train.steps", -5, "config.train.steps=-5: must be >= 0"),
+    ("train.batch_size", 12, "config.train.batch_size=12: must be a multiple of the 8 data-parallel devices"),
     ("optim.finetune", "all", "config.optim.finetune='all': allowed values are none, text, both"),
     ("loss.name", "triplet", "config.loss.name='triplet': allowed values are focal, info_nce"),
     ("loss.temperature", 0.0, "config.loss.temperature=0.0: must be > 0"),

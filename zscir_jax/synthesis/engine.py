@@ -45,7 +45,8 @@ from zscir_jax.synthesis.backends import Generation, Request, Sampling
 from zscir_jax.synthesis.recipes import Item
 
 FORMATS = ("jsonl", "array_record")
-DATA_KINDS = ("scenes", "pairs")
+DATA_KINDS = ("scenes", "pairs", "folder")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SHARD_PREFIX = "triplets"
 
 
@@ -151,7 +152,8 @@ def load_items(config, workdir: str) -> list[Item]:
     ``config.data.kind``: ``scenes`` (the scenes benchmark's train split at ``data.root``, default
     ``workdir/scenes``, built there from ``data.scenes`` when absent) or ``pairs`` (``data.pairs``: a JSONL of
     ``{"image": PATH, "caption": TEXT}`` or a CSV with columns ``image,caption``; relative image paths are read under
-    ``data.image_root`` and kept relative in the records). Image-only recipes keep the first line of an image seen
+    ``data.image_root`` and kept relative in the records) or ``folder`` (every image file under ``data.folder``,
+    recursively, as absolute paths; no captions, so image-only recipes). Image-only recipes keep the first line of an image seen
     twice; the caption recipes need a caption on every line.
     """
     d = config.data
@@ -170,6 +172,11 @@ def load_items(config, workdir: str) -> list[Item]:
             if jax.process_count() > 1:
                 _barrier("zscir_synthesis:scenes")
         raw = [(p, c, p) for p, c in scenes.train_pairs(root)]
+    elif d.kind == "folder":
+        if recipe in recipes.NEEDS_CAPTIONS:
+            raise UserError(f"config.data.kind=folder gives images without captions; recipe {recipe} needs captions "
+                            "(use kind=pairs)")
+        raw = [(p, None, p) for p in _image_files(os.path.expanduser(d.get("folder", "") or ""))]
     else:
         raw = _read_pairs(os.path.expanduser(d.get("pairs", "") or ""),
                           os.path.expanduser(d.get("image_root", "") or ""))
@@ -186,6 +193,20 @@ def load_items(config, workdir: str) -> list[Item]:
     if config.limit:
         items = items[: config.limit]
     return items
+
+
+def _image_files(folder: str) -> list[str]:
+    """Every image file under ``folder`` (recursively, by extension), as sorted absolute paths."""
+    if not folder:
+        raise UserError("config.data.folder is empty: give a directory of unlabeled images (kind=folder)")
+    if not os.path.isdir(folder):
+        raise UserError(f"config.data.folder: no such directory: {folder}")
+    out = []
+    for parent, _, names in os.walk(os.path.abspath(folder)):
+        out += [os.path.join(parent, n) for n in names if n.lower().endswith(IMAGE_EXTENSIONS)]
+    if not out:
+        raise UserError(f"config.data.folder: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
+    return sorted(out)
 
 
 def _read_pairs(path: str, image_root: str) -> list[tuple[str, str, str]]:
@@ -229,6 +250,8 @@ def source_name(config) -> str:
         return config.data.source
     if config.data.kind == "scenes":
         return "scenes:train"
+    if config.data.kind == "folder":
+        return os.path.basename(os.path.normpath(config.data.get("folder", "") or "folder"))
     return os.path.basename(config.data.get("pairs", "") or "pairs")
 
 

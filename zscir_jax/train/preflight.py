@@ -64,7 +64,9 @@ def check(config, method, *, mode: str) -> None:
     from zscir_jax.evaluation import joint
 
     joint.check(config, method)
-    _check_mesh(config)
+    mesh = _check_mesh(config)
+    if training:
+        _check_batch(config, mesh)
 
 
 def _check_mesh(config) -> None:
@@ -75,10 +77,21 @@ def _check_mesh(config) -> None:
 
     shape = tuple(config.mesh.shape)
     try:
-        sharding.make_mesh(shape)
+        mesh = sharding.make_mesh(shape)
     except ValueError as e:
         raise UserError(f"config.mesh.shape={shape}: needs (data, fsdp, model) whose product is the "
                         f"{jax.device_count()} devices (one entry may be -1 to take the rest): {e}") from None
+    return mesh
+
+
+def _check_batch(config, mesh) -> None:
+    """The global batch splits evenly over the data-parallel devices (data x fsdp)."""
+    width = mesh.shape["data"] * mesh.shape["fsdp"]
+    batch = config.train.batch_size
+    if batch % width:
+        raise UserError(f"config.train.batch_size={batch}: must be a multiple of the {width} data-parallel devices "
+                        f"(config.mesh.shape={tuple(config.mesh.shape)}: data x fsdp = {width}); e.g. "
+                        f"{max(width, batch // width * width)}")
 
 
 def check_paths(config, method, *, mode: str) -> None:
