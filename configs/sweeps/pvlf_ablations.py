@@ -1,0 +1,36 @@
+r"""PVLF's ablations on the demo (its Tables 3-5 and the design choices), and TransAgg, over training seeds:
+
+    python -m zscir_jax.sweep --config configs/demo.py --sweep configs/sweeps/pvlf_ablations.py --workdir W
+    python -m zscir_jax.sweep --config configs/demo.py:smoke --sweep configs/sweeps/pvlf_ablations.py:smoke --workdir W
+
+Every variant trains on the same prepared benchmark, triplets and warmed-up CLIP; only ``config.seed`` (the training
+seed) differs between the seeds. The baselines are left out of the runs (``common``): evaluate them once with the
+main job.
+"""
+
+TRANSAGG = {"method": "transagg", "model.fusion.num_prompts": 1, "model.fusion.prompt_mode": "shallow",
+            "model.fusion.weighting": "linear", "loss.name": "info_nce", "loss.gamma": 0.0}
+
+
+def get_sweep(arg=None):
+    if arg not in (None, "smoke"):
+        raise ValueError(f"unknown sweep argument {arg!r}; allowed: smoke")
+    variants = {
+        "pvlf": {},
+        "finetune_none": {"optim.finetune": "none"},  # Table 3
+        "finetune_both": {"optim.finetune": "both"},
+        "prompts_1": {"model.fusion.num_prompts": 1},  # Table 4 (the demo's p is 8)
+        "prompts_16": {"model.fusion.num_prompts": 16},
+        "depth_1": {"model.fusion.depth": 1},  # Table 5 (J = 2)
+        "depth_3": {"model.fusion.depth": 3},
+        "shallow_prompts": {"model.fusion.prompt_mode": "shallow"},
+        "linear_weights": {"model.fusion.weighting": "linear"},
+        "info_nce": {"loss.name": "info_nce", "loss.gamma": 0.0},
+        "transagg": TRANSAGG,
+    }
+    sweep = dict(variants=variants, reference="pvlf", seeds=(0, 1, 2), eval="cirr",
+                 metrics=("recall@1", "recall@5", "recall_subset@1"),
+                 common={"eval.compare": (), "eval.untrained": False})
+    if arg == "smoke":
+        sweep.update(variants={k: variants[k] for k in ("pvlf", "finetune_none", "transagg")}, seeds=(0, 1))
+    return sweep

@@ -1,0 +1,69 @@
+"""python -m zscir_jax.sweep: one preparation, every (variant, seed) run in its own resumable directory, the table
+with mean +- std over seeds and paired intervals; a rerun trains nothing; mistakes are one line before any stage."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from zscir_jax.errors import UserError
+from zscir_jax.train import sweep as sweep_lib
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+SMALL = ["--config.prepare.num_train=120", "--config.prepare.num_val_queries=20", "--config.train.steps=4",
+         "--config.warmup.train.steps=4", "--config.train.log_every=2", "--config.warmup.train.log_every=2"]
+
+
+def _sweep(workdir, *extra, sweep="pvlf_ablations.py:smoke"):
+    cmd = [sys.executable, "-m", "zscir_jax.sweep", "--config", os.path.join(ROOT, "configs", "demo.py:smoke"),
+           "--sweep", os.path.join(ROOT, "configs", "sweeps", sweep), "--workdir", str(workdir), *SMALL, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+
+
+def test_smoke_sweep_writes_the_table_and_a_rerun_trains_nothing(tmp_path):
+    run = _sweep(tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.load(open(tmp_path / "sweep.json"))
+    assert list(result["rows"]) == ["pvlf", "finetune_none", "transagg"] and result["seeds"] == [0, 1]
+    assert result["rows"]["transagg"]["row"] == "transagg"
+    for name, entry in result["rows"].items():
+        for metric in ("recall@1", "recall@5", "recall_subset@1"):
+            e = entry[metric]
+            assert len(e["values"]) == 2 and e["low"] <= e["diff"] <= e["high"]
+            for seed, value in zip((0, 1), e["values"]):
+                res = json.load(open(tmp_path / "runs" / name / f"seed_{seed}" / "results.json"))
+                assert res[entry["row"]]["cirr"][metric] == pytest.approx(value)
+    assert result["rows"]["pvlf"]["recall@5"]["diff"] == 0.0
+    # Seeds differ in training only: the same benchmark, another model.
+    a, b = (json.load(open(tmp_path / "runs" / "pvlf" / f"seed_{s}" / "results.json")) for s in (0, 1))
+    assert a["pvlf"]["cirr"]["num_queries"] == b["pvlf"]["cirr"]["num_queries"] == 20
+    assert "| `transagg` |" in open(tmp_path / "sweep.md").read() and "| `transagg` |" in run.stdout
+    assert not os.path.exists(tmp_path / "prepared" / "pvlf")  # the preparation only
+    again = _sweep(tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done already") == 6
+    assert json.load(open(tmp_path / "sweep.json")) == result
+
+
+def test_mistakes_are_one_line_before_any_stage(tmp_path):
+    bad = tmp_path / "bad_sweep.py"
+    bad.write_text("def get_sweep(arg=None):\n    return dict(variants={'a': {}, 'b': {'optim.finetun': 'none'}}, "
+                   "reference='a', seeds=(0,))\n")
+    run = _sweep(tmp_path / "w", sweep=str(bad))
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(lines) == 1, run.stderr[-2000:]
+    assert "sweep.variants.b: cannot set config.optim.finetun='none'" in lines[0]
+    assert not os.path.exists(tmp_path / "w" / "prepared")
+
+
+@pytest.mark.parametrize("sweep,message", [
+    (dict(variants={"a": {}}, reference="b", seeds=(0,)), "sweep.reference='b' is not one of the variants"),
+    (dict(variants={"a": {}}, reference="a", seeds=(0, 0)), "sweep.seeds=(0, 0): give distinct integers"),
+    (dict(variants={"a": {"prepare.num_train": 5}}, reference="a", seeds=(0,)), "changes the shared preparation"),
+    (dict(variants={"a": {}}, reference="a", seeds=(0,), grid=1), "sweep: unknown keys ['grid']"),
+])
+def test_sweep_checks(sweep, message):
+    with pytest.raises(UserError) as e:
+        sweep_lib.check(sweep)
+    assert message in str(e.value)
