@@ -169,6 +169,27 @@ def main(argv: list[str]) -> None:
         _fail(_one_line(e))
 
 
+def in_locked_workdir(fn):
+    """``fn(workdir)`` once --workdir is checked writable and locked by process 0 (one job per workdir); a
+    ``UserError`` ends as one line. For the commands that share these flags (synthesize, sweep)."""
+    import jax
+
+    from zscir_jax.errors import UserError
+    from zscir_jax.train import preflight, workdir_lock
+
+    workdir = os.path.abspath(_WORKDIR.value)
+    try:
+        preflight.check_workdir(workdir)
+        lock = workdir_lock.WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
+        try:
+            return fn(workdir)
+        finally:
+            if lock is not None:
+                lock.release()
+    except UserError as e:
+        _fail(_one_line(e))
+
+
 def run() -> None:
     app.run(main, flags_parser=parse_flags)
 

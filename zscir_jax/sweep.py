@@ -46,23 +46,15 @@ def main(argv: list[str]) -> None:
         _fail(str(e))
     cli.quiet_libraries()
     cli.initialize_distributed()
-    import jax
-
     from zscir_jax.errors import UserError
-    from zscir_jax.train import preflight, sweep as sweep_lib, workdir_lock
+    from zscir_jax.train import sweep as sweep_lib  # imported late: flag errors stay fast and free of jax start-up
 
-    workdir = os.path.abspath(cli._WORKDIR.value)
     try:
         sweep_lib.check(sweep)
-        preflight.check_workdir(workdir)
-        lock = workdir_lock.WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
-        try:
-            sweep_lib.run_sweep(config, sweep, workdir, log=lambda s: print(s, flush=True))
-        finally:
-            if lock is not None:
-                lock.release()
     except UserError as e:
         _fail(cli._one_line(e))
+    cli.in_locked_workdir(lambda workdir: sweep_lib.run_sweep(config, sweep, workdir,
+                                                              log=lambda s: print(s, flush=True)))
 
 
 def run() -> None:

@@ -31,22 +31,10 @@ def main(argv: list[str]) -> None:
     cli.initialize_distributed()
     import jax
 
-    from zscir_jax.errors import UserError
     from zscir_jax.synthesis import engine  # imported late: flag errors stay fast and free of jax start-up
 
-    from zscir_jax.train import preflight, workdir_lock
-
     workdir = os.path.abspath(cli._WORKDIR.value)
-    try:
-        preflight.check_workdir(workdir)
-        lock = workdir_lock.WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
-        try:
-            manifest = engine.synthesize(config, workdir)
-        finally:
-            if lock is not None:
-                lock.release()
-    except UserError as e:
-        _fail(cli._one_line(e))
+    manifest = cli.in_locked_workdir(lambda w: engine.synthesize(config, w))
     if jax.process_index() == 0:
         print(engine.summary(workdir, manifest), flush=True)
         print(f"train on them with {engine.training_flag(workdir, manifest)}", flush=True)
