@@ -2,6 +2,8 @@ r"""PVLF's ablations on the demo (its Tables 3-5 and the design choices), and Tr
 
     python -m zscir_jax.sweep --config configs/demo.py --sweep configs/sweeps/pvlf_ablations.py --workdir W
     python -m zscir_jax.sweep --config configs/demo.py:smoke --sweep configs/sweeps/pvlf_ablations.py:smoke --workdir W
+    python -m zscir_jax.sweep --config configs/demo.py --sweep configs/sweeps/pvlf_ablations.py:pvlf_vs_transagg \
+        --workdir W                                                # PVLF vs TransAgg only, 3 seeds
 
 Every variant trains on the same prepared benchmark, triplets and warmed-up CLIP; only ``config.seed`` (the training
 seed) differs between the seeds. The baselines are left out of the runs (``common``): evaluate them once with the
@@ -13,8 +15,8 @@ TRANSAGG = {"method": "transagg", "model.fusion.num_prompts": 1, "model.fusion.p
 
 
 def get_sweep(arg=None):
-    if arg not in (None, "smoke"):
-        raise ValueError(f"unknown sweep argument {arg!r}; allowed: smoke")
+    if arg not in (None, "smoke", "pvlf_vs_transagg"):
+        raise ValueError(f"unknown sweep argument {arg!r}; allowed: smoke, pvlf_vs_transagg")
     variants = {
         "pvlf": {},
         "finetune_none": {"optim.finetune": "none"},  # Table 3
@@ -31,6 +33,8 @@ def get_sweep(arg=None):
     sweep = dict(variants=variants, reference="pvlf", seeds=(0, 1, 2), eval="cirr",
                  metrics=("recall@1", "recall@5", "recall_subset@1"),
                  common={"eval.compare": (), "eval.untrained": False})
+    if arg == "pvlf_vs_transagg":  # the headline comparison alone: 6 runs
+        sweep.update(variants={k: variants[k] for k in ("pvlf", "transagg")})
     if arg == "smoke":
         sweep.update(variants={k: variants[k] for k in ("pvlf", "finetune_none", "transagg")}, seeds=(0, 1))
     return sweep
