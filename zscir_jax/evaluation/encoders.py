@@ -45,39 +45,29 @@ class MethodEncoder:
         x = np.concatenate([x, pad]) if n < self.batch else x
         return jax.device_put(x, sharding.batch_sharding(self.mesh, x.ndim))
 
-    def _chunks(self, n):
-        return [(a, min(a + self.batch, n)) for a in range(0, n, self.batch)]
+    def _batched(self, fn, *arrays: np.ndarray) -> np.ndarray:
+        """``fn(state, *padded chunks)`` over fixed-size chunks of ``arrays`` (rows aligned), the padding cut off."""
+        n, out = len(arrays[0]), []
+        for a in range(0, n, self.batch):
+            b = min(a + self.batch, n)
+            with jax.set_mesh(self.mesh):
+                y = fn(self.state, *(self._pad(x[a:b], b - a) for x in arrays))
+            out.append(np.asarray(y)[: b - a])
+        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+    def _tokens(self, texts) -> tuple[np.ndarray, np.ndarray]:
+        ids, mask = self.tokenizer(list(texts))
+        return np.asarray(ids, np.int32), np.asarray(mask, np.int32)
 
     def encode_images(self, images: np.ndarray) -> np.ndarray:
-        pixels = images_lib.normalize(np.asarray(images), self.mean, self.std)
-        out = []
-        for a, b in self._chunks(len(pixels)):
-            with jax.set_mesh(self.mesh):
-                out.append(np.asarray(self._images(self.state, self._pad(pixels[a:b], b - a)))[: b - a])
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        return self._batched(self._images, images_lib.normalize(np.asarray(images), self.mean, self.std))
 
     def encode_queries(self, images: np.ndarray, texts: list[str]) -> np.ndarray:
         pixels = images_lib.normalize(np.asarray(images), self.mean, self.std)
-        ids, mask = self.tokenizer(list(texts))
-        out = []
-        for a, b in self._chunks(len(pixels)):
-            n = b - a
-            with jax.set_mesh(self.mesh):
-                q = self._queries(self.state, self._pad(pixels[a:b], n), self._pad(np.asarray(ids[a:b], np.int32), n),
-                                  self._pad(np.asarray(mask[a:b], np.int32), n))
-            out.append(np.asarray(q)[:n])
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        return self._batched(self._queries, pixels, *self._tokens(texts))
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """Texts alone in the gallery's space (``Method.encode_text``; joint inference)."""
         if self._texts is None:
             raise ValueError("this method has no text embedding (Method.encode_text is None)")
-        ids, mask = self.tokenizer(list(texts))
-        out = []
-        for a, b in self._chunks(len(texts)):
-            n = b - a
-            with jax.set_mesh(self.mesh):
-                t = self._texts(self.state, self._pad(np.asarray(ids[a:b], np.int32), n),
-                                self._pad(np.asarray(mask[a:b], np.int32), n))
-            out.append(np.asarray(t)[:n])
-        return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+        return self._batched(self._texts, *self._tokens(texts))

@@ -263,12 +263,12 @@ def _write_submissions(benchmark: Benchmark, family: str, result: ranking.Rankin
     return [submission.write_json(os.path.join(eval_dir, f"{tag}_top50.json"), dict(zip(ids, top)))]
 
 
-def _write_json(path: str, benchmark: Benchmark, out: Mapping) -> None:
+def _write_json(path: str, benchmark: Benchmark, out: Mapping, indent: int | None = 1) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     record = {"benchmark": benchmark.name, "split": benchmark.split, **out}
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(record, f, indent=1, sort_keys=False)
+        json.dump(record, f, indent=indent, sort_keys=False)
     os.replace(tmp, path)
 
 
@@ -279,10 +279,7 @@ def _write_ranks(path: str, benchmark: Benchmark, result: ranking.Ranking) -> No
               "target_rank": np.asarray(result.target_rank).tolist()}
     if result.subset_target_rank is not None:
         record["subset_target_rank"] = np.asarray(result.subset_target_rank).tolist()
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump(record, f)
-    os.replace(tmp, path)
+    _write_json(path, benchmark, record, indent=None)  # one line: thousands of ranks
 
 
 def _save_pictures(path: str, benchmark: Benchmark, result: ranking.Ranking, n: int, top: int = 5) -> None:

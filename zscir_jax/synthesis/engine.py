@@ -424,7 +424,7 @@ def _fsync_replace(tmp: str, final: str) -> None:
     os.replace(tmp, final)
 
 
-def _write_json_atomic(path: str, obj, lines: bool = False) -> None:
+def write_json_atomic(path: str, obj, lines: bool = False) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w", encoding="utf-8") as f:
         if lines:
@@ -455,8 +455,8 @@ def write_outputs(out_dir: str, records: Sequence[TripletRecord], quarantined: S
                                                 num_shards)
         for tmp, name in zip(tmp_paths, names):
             _fsync_replace(tmp, os.path.join(out_dir, name))
-    _write_json_atomic(os.path.join(out_dir, "quarantine.jsonl"), quarantined, lines=True)
-    _write_json_atomic(os.path.join(out_dir, "manifest.json"), dict(manifest, shards=names))
+    write_json_atomic(os.path.join(out_dir, "quarantine.jsonl"), quarantined, lines=True)
+    write_json_atomic(os.path.join(out_dir, "manifest.json"), dict(manifest, shards=names))
     keep = set(names)
     for path in glob.glob(os.path.join(out_dir, f"{SHARD_PREFIX}-*-of-*")):
         if os.path.basename(path) not in keep:

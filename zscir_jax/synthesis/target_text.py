@@ -12,7 +12,6 @@ modification text itself (counted in ``.fallbacks`` and marked in the JSONL): ou
 from __future__ import annotations
 
 import collections
-import json
 import os
 from typing import Sequence
 
@@ -89,15 +88,8 @@ class TargetTextWriter:
         self.counts["generated"] += ctx.stats["generated"]
         self.counts["cached"] += ctx.stats["cached"]
         self.counts["fallbacks"] += sum(not r["parsed"] for r in rows)
-        if pi == 0:
-            _write_jsonl(os.path.join(self.directory, f"{name}.jsonl"), rows)
+        if pi == 0:  # the cache made the directory
+            engine.write_json_atomic(os.path.join(self.directory, f"{name}.jsonl"), rows, lines=True)
         self._memo[memo_key] = texts
         return texts
 
-
-def _write_jsonl(path: str, rows) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(path + ".tmp", path)

@@ -124,31 +124,32 @@ def summarize(workdir: str, sweep: dict) -> dict:
     metrics = list(sweep.get("metrics") or ("recall@1", "recall@5", "recall_subset@1"))
     seeds = list(sweep["seeds"])
 
-    def runs(variant):
-        out = []
+    def load(variant):
+        """(the method's row, its metrics per seed, its per-query rankings per seed), each file read once."""
+        row, metrics_per_seed, parts_per_seed = None, [], []
         for seed in seeds:
             run_dir = os.path.join(workdir, "runs", variant, f"seed_{seed}")
             with open(os.path.join(run_dir, "results.json")) as f:
                 results = json.load(f)
             row = next(iter(results))  # the method's own row comes first
-            out.append((run_dir, row, results[row][eval_name]))
-        return out
+            metrics_per_seed.append(results[row][eval_name])
+            parts_per_seed.append(compare.parts(run_dir, row, eval_name))
+        return row, metrics_per_seed, parts_per_seed
 
-    def hits(variant, metric):
+    def hits(parts_per_seed, metric):
         """[part][query] hits averaged over the seeds (parts: FashionIQ's categories)."""
-        per_seed = [compare.parts(run_dir, row, eval_name) for run_dir, row, _ in runs(variant)]
-        tags = sorted(per_seed[0])
-        return [np.mean([compare.hits(p[t], metric) for p in per_seed], axis=0) for t in tags]
+        return [np.mean([compare.hits(p[t], metric) for p in parts_per_seed], axis=0)
+                for t in sorted(parts_per_seed[0])]
 
-    rows = {}
+    loaded = {variant: load(variant) for variant in sweep["variants"]}
     reference = sweep["reference"]
-    for variant in sweep["variants"]:
-        done = runs(variant)
-        entry = {"row": done[0][1]}
+    rows = {}
+    for variant, (row, per_seed, parts_per_seed) in loaded.items():
+        entry = {"row": row}
         for metric in metrics:
-            key = metric if eval_name != "fashioniq" else f"average/{metric}"
-            values = [r[key] for *_, r in done]
-            diff, low, high = compare.paired_bootstrap(hits(variant, metric), hits(reference, metric))
+            key = f"average/{metric}" if f"average/{metric}" in per_seed[0] else metric  # FashionIQ: the average
+            values = [r[key] for r in per_seed]
+            diff, low, high = compare.paired_bootstrap(hits(parts_per_seed, metric), hits(loaded[reference][2], metric))
             entry[metric] = {"mean": statistics.mean(values),
                              "std": statistics.stdev(values) if len(values) > 1 else 0.0,
                              "values": values, "diff": diff, "low": low, "high": high}

@@ -324,7 +324,7 @@ def evaluate_all(config, workdir: str, mesh, trained, evals) -> dict:
     results: dict = {}
     for name, m, which, scoring in entries:
         if (m.name, which) not in encoders:
-            model = trained if which == "trained" and m is method else None
+            model = trained if which == "trained" else None
             if model is None:
                 with sharding.activate(mesh):
                     model = m.build(config, nnx.Rngs(config.seed))
