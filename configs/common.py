@@ -140,6 +140,70 @@ def mvftji() -> ml_collections.ConfigDict:
     return c
 
 
+def pic2word_model() -> ml_collections.ConfigDict:
+    """Pic2Word's f_phi (3 layers, 512 wide, dropout 0.1) and its prompts (zscir_jax.methods.pic2word)."""
+    return ml_collections.ConfigDict(dict(hidden=512, layers=3, dropout=0.1, prompt="a photo of * , {text}",
+                                          train_prompt="a photo of *", placeholder="*", init_from=""))
+
+
+def pic2word() -> ml_collections.ConfigDict:
+    """Pic2Word: f_phi trained on images only against frozen towers (its paper: lr 1e-4, batch 1024, tau = CLIP's)."""
+    from zscir_jax.methods import pic2word as pic2word_lib
+
+    c = base("pic2word")
+    c.model.pic2word = pic2word_model()
+    c.loss = ml_collections.ConfigDict(dict(name="info_nce", temperature=0.01))
+    c.optim.update(groups=pic2word_lib.GROUPS, finetune="none")
+    c.optim.lr = ml_collections.ConfigDict(dict(mapping=1e-4))
+    c.data.source = "pairs"
+    return c
+
+
+def distillcir() -> ml_collections.ConfigDict:
+    """DistillCIR (seed 004; zscir_jax.methods.distillcir): two stages, then the student.
+
+    stages.pic2word            Pic2Word's f_phi on images only (a results row of its own)
+    stages.distillcir_teacher  the LLaVA teacher's LoRA on L_com; exports h_m of every training record
+    the student                CLIP + LoRA (Table 7: r=64, alpha=16, lr 2e-5, cosine) + f_phi from the first stage,
+                               L_con + L_fea against the teacher's h_m
+    Values the supplement does not give are ours (the method's docstring, README)."""
+    from zscir_jax.methods import distillcir as distillcir_lib, pic2word as pic2word_lib
+    from zscir_jax.models import lora
+
+    c = base("distillcir")
+    c.model.pic2word = pic2word_model()
+    c.model.pic2word.prompt = "a photo of * that {text}"  # ours: the instruction reads as a relative clause
+    c.model.distillcir = ml_collections.ConfigDict(dict(
+        lora=dict(rank=64, alpha=16.0, targets=lora.CLIP_ATTENTION, dropout=0.0)))
+    c.model.teacher = ml_collections.ConfigDict(dict(
+        lora=dict(rank=64, alpha=16.0, targets=lora.ATTENTION, dropout=0.05),
+        query_prompt="{text}\nDescribe the changed image in one word:",
+        summary_prompt="{text}\nDescribe this sentence in one word:",
+        feature_dtype="float32",
+        llm=dict(hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2),  # no mllm_path
+    ))
+    c.loss = ml_collections.ConfigDict(dict(name="info_nce", temperature=0.01, contrastive_weight=1.0,
+                                            feature_weight=1.0, feature_loss="info_nce"))
+    c.optim.update(groups=pic2word_lib.GROUPS, finetune="none")
+    c.optim.lr = ml_collections.ConfigDict(dict(lora=2e-5, mapping=2e-5, projection=2e-5))
+    c.data.features = ml_collections.ConfigDict(dict(teacher_target=""))
+    c.stages = ml_collections.ConfigDict()
+    p = pic2word()
+    c.stages.pic2word = ml_collections.ConfigDict(dict(
+        method="pic2word", output="model.pic2word.init_from", evaluate=True,
+        model=dict(pic2word=dict(prompt=p.model.pic2word.prompt)), loss=p.loss.to_dict(), optim=p.optim.to_dict(),
+        data=dict(source="pairs"), train=dict(steps=10_000)))
+    c.stages.distillcir_teacher = ml_collections.ConfigDict(dict(
+        method="distillcir_teacher", output="data.features.teacher_target", evaluate=False,
+        loss=dict(temperature=0.05),
+        optim=dict(groups=distillcir_lib.TEACHER_GROUPS, frozen=distillcir_lib.TEACHER_FROZEN, finetune="both",
+                   lr=dict(lora=2e-5)),
+        train=dict(steps=2000)))
+    c.eval.compare = ("image_only", "text_only", "image_plus_text")
+    c.eval.untrained = True
+    return c
+
+
 def tiny(method: str = "pvlf") -> ml_collections.ConfigDict:
     """A seconds-long config on synthetic arrays (tests, notebooks): tiny random CLIP, small fusion, no eval."""
     c = transagg() if method == "transagg" else mvftji() if method == "mvftji" else base(method)

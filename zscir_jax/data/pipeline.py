@@ -105,8 +105,26 @@ class _Decode:
         log.warning("skipping record: %s", message)
 
 
+class _Indexed:
+    """A source whose elements are (index, element): per-record features are looked up by the record's index."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self):
+        return len(self.source)
+
+    def __getitem__(self, i):
+        return int(i), self.source[i]
+
+
 class _TripletTransform(_Decode):
+    features: dict = {}  # batch key -> data.features.RecordFeatures; elements are then (index, record)
+
     def _one(self, element: Any) -> dict:
+        index = None
+        if self.features:
+            index, element = element
         r: TripletRecord = coerce(element)
         ids, mask = self.tokens(r.modification_text)
         tids, tmask = self.tokens(r.target_text, "target_text")
@@ -120,6 +138,8 @@ class _TripletTransform(_Decode):
         if isinstance(self.tokenizer, dict) and "caption" in self.tokenizer:
             out["caption_ids"], out["caption_mask"] = self.tokens(r.caption or "", "caption")
             out["has_caption"] = np.bool_(bool(r.caption))
+        for key, table in self.features.items():
+            out[key] = table[index]
         return out
 
     def __call__(self, element: Any) -> dict | None:
@@ -194,7 +214,7 @@ def triplet_loader(records_or_source, *, global_batch_size: int, image_size: int
                    process_count: int | None = None, worker_count: int = 0, on_error: str = "raise",
                    mean=images.CLIP_MEAN, std=images.CLIP_STD, image_root: str | None = None,
                    stats: PipelineStats | None = None, read_threads: int = 4,
-                   prefetch_buffer_size: int = 64) -> grain.DatasetIterator:
+                   prefetch_buffer_size: int = 64, features: dict | None = None) -> grain.DatasetIterator:
     """Batches of triplets (numpy, local batch = global_batch_size // process_count):
 
     ``reference_pixels`` f32 [b,S,S,3], ``text_ids``/``text_mask`` i32 [b,L], ``target_pixels`` f32 [b,S,S,3]
@@ -204,11 +224,16 @@ def triplet_loader(records_or_source, *, global_batch_size: int, image_size: int
 
     ``records_or_source``: a list of ``TripletRecord`` / dicts, a Grain random-access source of JSON bytes
     (``triplets.array_record_source``), or a ``.jsonl`` / ``.array_record`` path. ``stats`` (or the returned
-    iterator's ``.stats`` when omitted) counts records skipped under ``on_error="skip"``.
+    iterator's ``.stats`` when omitted) counts records skipped under ``on_error="skip"``. ``features``
+    ({batch key: ``data.features.RecordFeatures``}) adds each record's row of those arrays, f32 [b, D].
     """
     stats = stats if stats is not None else PipelineStats()
     transform = _TripletTransform(image_size, tokenizer, on_error, stats, image_root, mean, std)
-    return _build(_as_source(records_or_source), transform, stats, global_batch_size=global_batch_size, seed=seed,
+    source = _as_source(records_or_source)
+    if features:
+        transform.features = dict(features)
+        source = _Indexed(source)
+    return _build(source, transform, stats, global_batch_size=global_batch_size, seed=seed,
                   shuffle=shuffle, num_epochs=num_epochs, process_index=process_index, process_count=process_count,
                   worker_count=worker_count, read_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size)
 

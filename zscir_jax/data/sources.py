@@ -82,15 +82,43 @@ def load_triplets(config):
 
 
 def load_pairs(config):
+    """[(image path, caption)]: ``config.data.pairs`` (a JSONL of {"image", "caption"} or a CSV image,caption;
+    relative paths under ``config.data.image_dir``; a missing caption is "") when set, else the scenes benchmark's
+    train pairs at ``config.data.pairs_root``."""
+    if config.data.get("pairs"):
+        from zscir_jax.synthesis import engine
+
+        path = os.path.expanduser(config.data.pairs)
+        rows = engine.read_pairs(path, os.path.expanduser(config.data.get("image_dir", "") or ""))
+        return [(resolved, caption or "") for _, caption, resolved in rows]
+    if not config.data.get("pairs_root"):
+        raise UserError("no image-caption pairs: set config.data.pairs (a JSONL / CSV of image, caption) or "
+                        "config.data.pairs_root (a scenes benchmark)")
     from zscir_jax.data import scenes
 
     return scenes.train_pairs(config.data.pairs_root)
 
 
 def tokenizers_for(config, method) -> dict:
-    """{batch prefix: tokenizer} for a method's ``text_fields`` (one instance per role)."""
+    """{batch prefix: tokenizer} for a method's ``text_fields`` (one instance per role), wrapped in the method's
+    prompt templates where it has them (``Method.templates``)."""
+    from zscir_jax.data import tokenizer as tok_lib
+
     by_role = {role: tokenizer_for(config, role) for role in set(method.roles.values())}
-    return {prefix: by_role[role] for prefix, role in method.roles.items()}
+    templates = dict(method.templates(config)) if method.templates else {}
+    out = {}
+    for prefix, role in method.roles.items():
+        tok = by_role[role]
+        if prefix in templates:
+            template, append_eos = templates[prefix]
+            tok = tok_lib.Templated(tok, template, append_eos)
+        out[prefix] = tok
+    return out
+
+
+def query_tokenizer(config, method):
+    """The tokenizer that writes an evaluation query's modification text for ``method`` (its template included)."""
+    return tokenizers_for(config, method)[method.query_field]
 
 
 def make_loader(config, method):
@@ -119,4 +147,17 @@ def make_loader(config, method):
                   mean=mean, std=std)
     if kind == "pairs":
         return pipeline.pair_loader(load_pairs(config), **common)
-    return pipeline.triplet_loader(load_triplets(config), **common)
+    records = load_triplets(config)
+    return pipeline.triplet_loader(records, features=record_features(config, records), **common)
+
+
+def record_features(config, records) -> dict:
+    """{batch key: RecordFeatures} of ``config.data.features`` (batch key -> a features directory; empty entries are
+    left out), each checked against ``records``."""
+    from zscir_jax.data import features
+
+    out = {}
+    for key, path in dict(config.data.get("features") or {}).items():
+        if path:
+            out[key] = features.RecordFeatures(path, [r.target_text for r in records], f"config.data.features.{key}")
+    return out

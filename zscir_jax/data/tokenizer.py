@@ -81,3 +81,47 @@ class Tokenizer:
             full = mask[:, -1] == 1  # rows that filled the whole length: possibly truncated
             ids[full, -1] = np.where(np.any(ids[full] == eos, axis=1), ids[full, -1], eos)
         return ids, mask
+
+
+class Templated:
+    """A tokenizer that writes each text into ``template`` first (``"a photo of * that {text}"``).
+
+    ``append_eos``: every row's last real token is EOS, added after the text (or over the last kept token when the
+    text fills ``max_length``): the token whose hidden state an LLM's last-token embedding reads (DistillCIR's teacher,
+    its eqs. 15-16). Everything else (``hf``, ``max_length``, ids of special tokens) is the wrapped tokenizer's.
+    """
+
+    def __init__(self, tokenizer: Tokenizer, template: str = "{text}", append_eos: bool = False):
+        check_template(template, "template")
+        self.base, self.template, self.append_eos = tokenizer, template, bool(append_eos)
+
+    def __getattr__(self, name):  # hf, max_length, eos_token_id, pad_token_id, vocab_size
+        if name == "base":
+            raise AttributeError(name)
+        return getattr(self.base, name)
+
+    def __call__(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        ids, mask = self.base([self.template.format(text=t) for t in texts])
+        eos = self.base.eos_token_id
+        if self.append_eos and eos is not None:
+            n = mask.sum(axis=1)
+            for row, length in enumerate(n):
+                if length and ids[row, length - 1] == eos:
+                    continue
+                at = min(int(length), ids.shape[1] - 1)
+                ids[row, at], mask[row, at] = eos, 1
+        return ids, mask
+
+
+def check_template(template: str, key: str) -> None:
+    """A template must hold ``{text}`` and no other field; a ``UserError`` naming ``key`` otherwise."""
+    import string
+
+    from zscir_jax.errors import UserError
+
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError:
+        fields = None
+    if fields != ["text"]:
+        raise UserError(f"{key}={template!r}: a template holds '{{text}}' exactly once and no other field")

@@ -8,6 +8,8 @@
 5. with ``config.prepare.synthesis`` (a ``configs/synth`` config), synthesise triplets with the demo MLLM and train
    on those instead of the rule-based ones (that config, and ``config.joint.synthesis``, are pointed at the scenes
    built in step 1, so the demo MLLM they build trains on the same benchmark)
+6. with ``config.prepare.mllm_as_model``, point ``config.model.mllm_path`` at that demo MLLM (a method that runs an
+   MLLM itself: DistillCIR's teacher)
 Then ``config`` points at what was made (clip_path, tokenizer, triplets, and the roots of the ``config.evals``
 entries whose ``root`` is empty: by reader, the scenes in that layout). Every stage is skipped when its output
 already exists, and the warm-up resumes from its checkpoints, so a rerun of the demo is cheap.
@@ -84,6 +86,10 @@ def run(config, workdir: str) -> None:
         from zscir_jax.synthesis import engine
 
         config.data.triplets = engine.run_for_training(p.synthesis, workdir)
+    if p.get("mllm_as_model"):  # the method itself runs the demo MLLM (DistillCIR's teacher)
+        from zscir_jax.demo import mllm as demo_mllm
+
+        config.model.mllm_path = demo_mllm.build_or_reuse(p.synthesis, workdir)
 
 
 def align_synthesis(synth, p, seed: int, root: str) -> None:

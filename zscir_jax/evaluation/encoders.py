@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import numpy as np
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from zscir_jax import sharding

@@ -66,3 +66,47 @@ def save_grid(path: str, pictures: Sequence[QueryPicture], *, thumb: int = 96, d
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+@dataclasses.dataclass
+class AttentionPicture:
+    reference_path: str
+    text: str
+    scores: np.ndarray  # [g, g] over the patch grid
+    title: str = ""
+
+
+def upsample(scores: np.ndarray, size: int) -> np.ndarray:
+    """A [g, g] grid bilinearly resized to [size, size] and scaled to [0, 1] (DistillCIR's eqs. 20-21)."""
+    from PIL import Image
+
+    s = np.asarray(scores, np.float32)
+    s = (s - s.min()) / max(float(s.max() - s.min()), 1e-12)
+    return np.asarray(Image.fromarray(s, mode="F").resize((size, size), Image.BILINEAR), np.float32)
+
+
+def save_attention_grid(path: str, pictures: Sequence[AttentionPicture], *, thumb: int = 128, dpi: int = 100) -> str:
+    """One row per query: the reference, the attention over it (jet, half transparent), the modification text."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    if not pictures:
+        raise ValueError("save_attention_grid needs at least one query")
+    fig, axes = plt.subplots(len(pictures), 3, figsize=(5.0, len(pictures) * 1.7), squeeze=False, dpi=dpi)
+    for row, pic in zip(axes, pictures):
+        for ax in row:
+            ax.axis("off")
+        image = thumbnail(pic.reference_path, thumb)
+        row[0].imshow(image)
+        row[0].set_title(pic.title or "reference", fontsize=6)
+        row[1].imshow(image)
+        row[1].imshow(upsample(pic.scores, thumb), cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+        row[1].set_title("attention", fontsize=6)
+        row[2].text(0.0, 0.5, textwrap.fill(pic.text, 26), fontsize=6, va="center", ha="left", wrap=True)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path

@@ -3,7 +3,7 @@ a method up by name once and never branch on it."""
 from __future__ import annotations
 
 from zscir_jax.errors import UserError
-from zscir_jax.methods import baselines, clip_pretrain, collm, mvftji, pvlf, transagg
+from zscir_jax.methods import baselines, clip_pretrain, collm, distillcir, mvftji, pic2word, pvlf, transagg
 from zscir_jax.methods.surface import Method
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (
@@ -15,6 +15,9 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     clip_pretrain.METHOD,
     collm.METHOD,
     mvftji.METHOD,
+    pic2word.METHOD,
+    distillcir.TEACHER,
+    distillcir.METHOD,
 )}
 
 

@@ -11,7 +11,6 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zscir_jax.models import clip, fusion
-from zscir_jax.numerics import l2_normalize
 from zscir_jax.weights import loader
 
 EXPORT_MARKER = "zscir_clip.json"  # a CLIP exported by this library (see export_towers)
@@ -99,6 +98,47 @@ def load_exported(path: str, *, dtype=jnp.float32, param_dtype=jnp.float32) -> c
                                       abstract_state)
     state = ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(path), "params"), abstract_state)
     return nnx.merge(graphdef, state)
+
+
+def build_mllm(config, towers: clip.CLIPModel, llm_sizes, rngs: nnx.Rngs):
+    """The LLaVA at ``config.model.mllm_path`` (its weights; only its architecture in a restore skeleton), or without
+    that path a random LLaVA-style model of ``llm_sizes`` (``llm.LLMConfig.tiny`` keywords) that reads the towers'
+    token ids, its vision tower a copy of the towers' (tests, the tiny configs)."""
+    from zscir_jax.models import llm, mllm
+
+    dtype, param_dtype = dtypes(config)
+    path = config.model.get("mllm_path")
+    if path:
+        if config.model.get("skeleton"):
+            from zscir_jax.models.mllm.export import read_config
+
+            return mllm.MLLM(read_config(path), rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
+        return mllm.load(path, dtype=dtype, param_dtype=param_dtype)
+    vocab = towers.config.text.vocab_size
+    text_cfg = llm.LLMConfig.tiny(vocab_size=vocab, **dict(llm_sizes))
+    mm_cfg = mllm.MLLMConfig(vision=towers.config.vision, text=text_cfg, image_token_id=vocab)  # outside vocab
+    mm = mllm.MLLM(mm_cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    # Copied arrays (jnp.copy), so the module tree shares nothing: an eager build (clip_path set) would otherwise
+    # hand the train step one buffer twice to donate.
+    nnx.update(mm.vision_tower.vision_model, jax.tree.map(jnp.copy, nnx.state(towers.vision_model)))
+    return mm
+
+
+def mllm_last_token(mm, text_ids, text_mask, pixels=None):
+    """[B, D_llm] the LLM's hidden state at each row's last real token (not normalised): of (image tokens, text) when
+    ``pixels`` are given (resized to the MLLM's vision input when they differ), else of the text alone."""
+    from zscir_jax.models import llm
+
+    if pixels is None:
+        return llm.last_token_pool(mm.hidden_states(text_ids, None, text_mask), text_mask)
+    B = text_ids.shape[0]
+    size = mm.config.vision.image_size
+    if pixels.shape[1:3] != (size, size):
+        pixels = jax.image.resize(pixels, (B, size, size, pixels.shape[-1]), "bicubic")
+    T = mm.config.image_seq_length
+    ids = jnp.concatenate([jnp.full((B, T), mm.config.image_token_id, text_ids.dtype), text_ids], axis=1)
+    mask = jnp.concatenate([jnp.ones((B, T), text_mask.dtype), text_mask], axis=1)
+    return llm.last_token_pool(mm.hidden_states(ids, pixels, mask), mask)
 
 
 def fusion_config(config, dim: int) -> fusion.FusionConfig:

@@ -41,7 +41,7 @@ from flax import nnx
 
 from zscir_jax.methods import base, losses
 from zscir_jax.methods.surface import PAIRS, Method
-from zscir_jax.models import clip, llm, lora, mllm
+from zscir_jax.models import clip, lora, mllm
 from zscir_jax.numerics import l2_normalize
 
 # Parameter paths -> optimizer labels (first match wins).
@@ -81,16 +81,7 @@ class CoLLM(nnx.Module):
 
     def query(self, ref_pixels, text_ids, text_mask):
         """[B, D_img] L2-normalised joint embedding of (image, text): image tokens first, then the text."""
-        B = text_ids.shape[0]
-        size = self.mllm.config.vision.image_size
-        if ref_pixels.shape[1:3] != (size, size):
-            ref_pixels = jax.image.resize(ref_pixels, (B, size, size, ref_pixels.shape[-1]), "bicubic")
-        T = self.mllm.config.image_seq_length
-        image_ids = jnp.full((B, T), self.mllm.config.image_token_id, text_ids.dtype)
-        ids = jnp.concatenate([image_ids, text_ids], axis=1)
-        mask = jnp.concatenate([jnp.ones((B, T), text_mask.dtype), text_mask], axis=1)
-        hidden = self.mllm.hidden_states(ids, ref_pixels, mask)
-        return l2_normalize(self.projection(llm.last_token_pool(hidden, mask)))
+        return l2_normalize(self.projection(base.mllm_last_token(self.mllm, text_ids, text_mask, ref_pixels)))
 
     def image(self, pixels):
         return l2_normalize(self.clip.encode_image(pixels))
@@ -128,31 +119,11 @@ def _adds_bos(config) -> bool:
     return hf.bos_token_id is not None and len(ids) > 0 and ids[0] == hf.bos_token_id
 
 
-def _pretrained_mllm(config, dtype, param_dtype) -> mllm.MLLM:
-    """The LLaVA at ``config.model.mllm_path``: its weights, or (restore skeletons) just its architecture."""
-    path = config.model.mllm_path
-    if config.model.get("skeleton"):
-        from zscir_jax.models.mllm.export import read_config
-
-        return mllm.MLLM(read_config(path), rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
-    return mllm.load(path, dtype=dtype, param_dtype=param_dtype)
-
-
 def build(config, rngs: nnx.Rngs) -> CoLLM:
     c = _settings(config)
     dtype, param_dtype = base.dtypes(config)
     towers = base.build_towers(config, rngs)
-    if config.model.get("mllm_path"):
-        mm = _pretrained_mllm(config, dtype, param_dtype)
-    else:
-        vocab = towers.config.text.vocab_size  # the LLM reads the same token ids as the CLIP text tower
-        text_cfg = llm.LLMConfig.tiny(vocab_size=vocab, **dict(c.llm))
-        mm_cfg = mllm.MLLMConfig(vision=towers.config.vision, text=text_cfg, image_token_id=vocab)  # outside vocab
-        mm = mllm.MLLM(mm_cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-        # LLaVA's vision tower IS a CLIP: start it from the frozen CLIP's. Copied arrays (jnp.copy), so the module
-        # tree shares nothing: an eager build (clip_path set) would otherwise hand the train step one buffer twice
-        # to donate.
-        nnx.update(mm.vision_tower.vision_model, jax.tree.map(jnp.copy, nnx.state(towers.vision_model)))
+    mm = base.build_mllm(config, towers, c.llm, rngs)
     if c.mode == "lora":
         lc = c.lora
         lora.apply(mm.llm, rank=lc.rank, alpha=lc.alpha, dropout=lc.get("dropout", 0.0), targets=tuple(lc.targets),

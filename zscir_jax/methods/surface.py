@@ -13,6 +13,16 @@ The trainer and the evaluator see a method only through this record, never throu
     query_field: the prefix whose tokenizer writes the query's text at evaluation
     check(config)                                             optional: the method's own config checks, before any
                                                               stage runs (a ``UserError`` naming the key)
+    templates(config) -> {prefix: (template, append_eos)}    optional: texts of those batch prefixes (and the query
+                                                              at evaluation) are written into ``template`` (with a
+                                                              ``{text}`` field) before tokenizing (``data.tokenizer
+                                                              .Templated``), e.g. Pic2Word's "a photo of * , {text}"
+    export(model, config, out_dir) -> path                    optional: what a later stage reads from this method
+                                                              when it runs as one of ``config.stages``
+                                                              (``train.stages``): weights, features...
+    explain(model, config, benchmark, path) -> path           optional: a picture of how the trained model reads a
+                                                              few of the benchmark's queries (DistillCIR's attention),
+                                                              written next to its evaluation output
 
 A triplet batch also carries ``has_target_text`` (bool [B]); a method that names the prefix ``caption`` in its
 ``text_fields`` gets the record's caption as ``caption_ids`` / ``caption_mask`` with ``has_caption``.
@@ -50,6 +60,9 @@ class Method:
     query_field: str = "text"
     encode_text: Optional[Callable[..., Any]] = None
     check: Optional[Callable[[Any], None]] = None  # the method's own config checks (UserError), run by preflight
+    templates: Optional[Callable[[Any], Mapping[str, tuple]]] = None  # {prefix: (template, append_eos)}
+    export: Optional[Callable[..., str]] = None  # (model, config, out_dir) -> path, for config.stages
+    explain: Optional[Callable[..., str]] = None  # (model, config, benchmark, path) -> path of a picture
 
     def __post_init__(self):
         pairs = self.text_fields.items() if isinstance(self.text_fields, Mapping) else self.text_fields

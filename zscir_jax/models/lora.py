@@ -24,7 +24,8 @@ from flax import nnx
 # Re-exported so `nnx.LoRA` layers and ours share one filter.
 LoRAParam = nnx.LoRAParam
 
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
+ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")  # Llama / Qwen2 names
+CLIP_ATTENTION = ("q_proj", "k_proj", "v_proj", "out_proj")  # CLIP's attention calls its output layer out_proj
 MLP = ("gate_proj", "up_proj", "down_proj")
 ALL_LINEAR = ATTENTION + MLP
 

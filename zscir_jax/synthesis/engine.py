@@ -178,7 +178,7 @@ def load_items(config, workdir: str) -> list[Item]:
                             "(use kind=pairs)")
         raw = [(p, None, p) for p in _image_files(os.path.expanduser(d.get("folder", "") or ""))]
     else:
-        raw = _read_pairs(os.path.expanduser(d.get("pairs", "") or ""),
+        raw = read_pairs(os.path.expanduser(d.get("pairs", "") or ""),
                           os.path.expanduser(d.get("image_root", "") or ""))
     needs_caption = recipe in recipes.NEEDS_CAPTIONS
     items, seen = [], set()
@@ -209,7 +209,7 @@ def _image_files(folder: str) -> list[str]:
     return sorted(out)
 
 
-def _read_pairs(path: str, image_root: str) -> list[tuple[str, str, str]]:
+def read_pairs(path: str, image_root: str) -> list[tuple[str, str, str]]:
     if not path:
         raise UserError("config.data.pairs is empty: give a JSONL ({\"image\": PATH, \"caption\": TEXT} per line) or "
                         "a CSV (columns image,caption) of the unlabeled images, or use the :demo config")

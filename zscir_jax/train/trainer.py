@@ -31,7 +31,7 @@ from zscir_jax.data import sources
 from zscir_jax.errors import UserError
 from zscir_jax.evaluation import suite
 from zscir_jax.train import checkpoint as ckpt_lib
-from zscir_jax.train import optimizer, preflight, step as step_lib, workdir_lock, writers
+from zscir_jax.train import optimizer, preflight, stages, step as step_lib, workdir_lock, writers
 
 MODES = ("train", "eval")
 
@@ -54,6 +54,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         raise UserError(f"config.mode={mode!r}: allowed values are {', '.join(MODES)}")
     method = methods.get(config.method)
     preflight.check(config, method, mode=mode)
+    stages.check(config, mode)
     all_evals = suite.specs(config)
     restore_from = None
     if mode == "eval":
@@ -71,15 +72,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
             from zscir_jax.synthesis import engine
 
             config.data.triplets = engine.run_for_training(config.synthesis, workdir)
+        mesh = sharding.make_mesh(tuple(config.mesh.shape))
+        stage_runs = stages.run(config, workdir, mesh, mode)
         preflight.check_paths(config, method, mode=mode)
         evals = suite.usable(suite.specs(config), writers.warn)
-        mesh = sharding.make_mesh(tuple(config.mesh.shape))
         model = None
         if mode == "train" and method.trainable and config.train.steps > 0:
             model = train(config, os.path.join(workdir, config.method), mesh, evals)
         elif mode == "eval" and method.trainable:
             model = restore_model(config, restore_from, mesh, method)
-        results = evaluate_all(config, workdir, mesh, model, evals) if evals else {}
+        results = evaluate_all(config, workdir, mesh, model, evals, stage_runs) if evals else {}
     finally:
         if lock is not None:
             lock.release()
@@ -270,7 +272,7 @@ def _encoder(config, mesh, method, model):
     from zscir_jax.evaluation import encoders
 
     mean, std = images.normalization_for(config.model.get("clip_path", ""))
-    tokenizer = sources.tokenizer_for(config, method.roles[method.query_field])
+    tokenizer = sources.query_tokenizer(config, method)
     return encoders.MethodEncoder(method, model, tokenizer, mesh,
                                   batch_size=config.eval.batch_size, mean=mean, std=std)
 
@@ -305,30 +307,36 @@ def evaluate_periodic(config, evals, mesh, method, model, run_dir: str) -> dict:
     return scalars
 
 
-def evaluate_all(config, workdir: str, mesh, trained, evals) -> dict:
-    """The method (trained, or restored), optionally its initialisation, and ``config.eval.compare``, on every eval;
-    prints one table per eval and writes ``results.json``."""
+def evaluate_all(config, workdir: str, mesh, trained, evals, stage_runs=()) -> dict:
+    """The method (trained, or restored), optionally its initialisation, the stages marked ``evaluate`` and
+    ``config.eval.compare``, on every eval; prints one table per eval and writes ``results.json``."""
     from zscir_jax.evaluation import joint
 
     method = methods.get(config.method)
     own = joint.rows(config, config.method)  # the main row, then config.joint.also
-    entries = []  # (row name, method, model: "trained" | "untrained", scoring)
+    entries = []  # (row name, method, model: "trained" | "untrained" | "stage:<name>", scoring, its config)
     if not method.trainable or trained is not None:
-        entries += [(name, method, "trained", scoring) for name, scoring in own]
+        entries += [(name, method, "trained", scoring, config) for name, scoring in own]
     if config.eval.get("untrained") and method.trainable:
-        entries.append((f"{config.method}_untrained", method, "untrained", own[0][1]))
-    entries += [(name, methods.get(name), "untrained", None) for name in config.eval.get("compare", ())]
+        entries.append((f"{config.method}_untrained", method, "untrained", own[0][1], config))
+    entries += [(r.name, r.method, f"stage:{r.name}", None, r.config) for r in stage_runs if r.evaluate]
+    entries += [(name, methods.get(name), "untrained", None, config) for name in config.eval.get("compare", ())]
     benchmarks = {spec.name: suite.load(spec) for spec in evals}  # read once, shared by every method
-    texts_for = _target_texts(config, workdir, [scoring for *_, scoring in entries])
+    texts_for = _target_texts(config, workdir, [e[3] for e in entries])
+    stage_of = {f"stage:{r.name}": r for r in stage_runs}
     encoders: dict = {}  # one per (method, model), shared by that model's rows
+    models: dict = {}
     results: dict = {}
-    for name, m, which, scoring in entries:
+    for name, m, which, scoring, cfg in entries:
         if (m.name, which) not in encoders:
             model = trained if which == "trained" else None
-            if model is None:
+            if which in stage_of:
+                model = stages.model_of(stage_of[which], mesh)
+            elif model is None:
                 with sharding.activate(mesh):
-                    model = m.build(config, nnx.Rngs(config.seed))
-            encoders[(m.name, which)] = _encoder(config, mesh, m, model)
+                    model = m.build(cfg, nnx.Rngs(cfg.seed))
+            models[(m.name, which)] = model
+            encoders[(m.name, which)] = _encoder(cfg, mesh, m, model)
         enc = encoders[(m.name, which)]
         results[name] = {}
         for spec in evals:
@@ -336,6 +344,9 @@ def evaluate_all(config, workdir: str, mesh, trained, evals) -> dict:
                                                  batch_size=config.eval.batch_size,
                                                  out_dir=os.path.join(workdir, name), log=logging.info,
                                                  scoring=scoring, texts_for=texts_for)
+            if m.explain is not None and which == "trained" and name == config.method and jax.process_index() == 0:
+                path = os.path.join(workdir, name, "eval", f"{spec.name}_attention.png")
+                m.explain(models[(m.name, which)], cfg, benchmarks[spec.name][0], path)
     if jax.process_index() == 0:
         print(format_results(config, evals, results), flush=True)
         path = os.path.join(workdir, "results.json")

@@ -326,9 +326,10 @@ class CLIPTextEmbeddings(nnx.Module):
         self.token_embedding = _embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), **kw)
         self.position_embedding = _embed(cfg.max_position_embeddings, cfg.hidden_size, (None, "embed"), **kw)
 
-    def __call__(self, input_ids: jax.Array) -> jax.Array:
+    def __call__(self, input_ids: jax.Array, token_embeds: jax.Array | None = None) -> jax.Array:
         positions = self.position_embedding.embedding[...][: input_ids.shape[1]]
-        return self.token_embedding(input_ids) + positions.astype(self.token_embedding.dtype)[None]
+        tokens = self.token_embedding(input_ids) if token_embeds is None else token_embeds
+        return tokens + positions.astype(self.token_embedding.dtype)[None]
 
 
 class CLIPTextTransformer(nnx.Module):
@@ -346,12 +347,14 @@ class CLIPTextTransformer(nnx.Module):
         return jnp.argmax((input_ids == self.config.eos_token_id).astype(jnp.int32), axis=-1)
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
-                 output_hidden_states: bool = False) -> TowerOutput:
+                 output_hidden_states: bool = False, token_embeds: jax.Array | None = None) -> TowerOutput:
+        """``token_embeds`` [B, L, D] replace the token-embedding lookup (Pic2Word's pseudo word token); the ids
+        still say where EOS is."""
         b, l = input_ids.shape
         if l > self.config.max_position_embeddings:
             raise ValueError(f"text length {l} exceeds the model's context length "
                              f"{self.config.max_position_embeddings}; tokenize with truncation")
-        x = self.embeddings(input_ids)
+        x = self.embeddings(input_ids, token_embeds)
         mask = jnp.tril(jnp.ones((l, l), bool))[None, None]
         if attention_mask is not None:
             mask = mask & (attention_mask[:, None, None, :] > 0)
@@ -391,6 +394,11 @@ class CLIPModel(nnx.Module):
     def encode_text(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
         """Projected EOS embedding [B, proj_dim], not normalised (= HF ``get_text_features``)."""
         return self.text_projection(self.text_model(input_ids, attention_mask).pooler_output)
+
+    def encode_text_embeds(self, input_ids: jax.Array, attention_mask: jax.Array | None,
+                           token_embeds: jax.Array) -> jax.Array:
+        """``encode_text`` with the token embeddings given (e.g. with a pseudo word token spliced in)."""
+        return self.text_projection(self.text_model(input_ids, attention_mask, token_embeds=token_embeds).pooler_output)
 
     def image_tokens(self, pixels: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Every token (CLS + patches) through post_layernorm and the projection: ([B, 1+m, P], pooled [B, P])."""
