@@ -61,6 +61,7 @@ def base(method: str = "pvlf") -> ml_collections.ConfigDict:
 
     c.train = ml_collections.ConfigDict(dict(
         steps=1000,
+        epochs=0,  # > 0: passes over the training records instead of steps (steps computed when the data exist)
         batch_size=64,  # GLOBAL batch (split over processes and devices)
         log_every=50,
         checkpoint_every=500,

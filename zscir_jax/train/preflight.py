@@ -33,8 +33,10 @@ def check(config, method, *, mode: str) -> None:
     """Everything that can be checked without touching the disk (mesh and paths: see ``check_paths``)."""
     from zscir_jax import methods
 
-    training = mode == "train" and method.trainable and config.train.get("steps", 0) > 0
+    training = mode == "train" and method.trainable and (config.train.get("steps", 0) > 0
+                                                          or (config.train.get("epochs", 0) or 0) > 0)
     _positive("config.train.steps", config.train.get("steps", 0), strict=False)
+    _positive("config.train.epochs", config.train.get("epochs", 0) or 0, strict=False)
     if training:
         _positive("config.train.batch_size", config.train.batch_size)
         _positive("config.train.log_every", config.train.get("log_every", 1))

@@ -122,10 +122,11 @@ def run(config, workdir: str, mesh, mode: str) -> list[StageRun]:
         run_ = StageRun(name, sc, methods.get(sc.method), os.path.join(workdir, name), bool(entry.get("evaluate")))
         export_dir = os.path.join(run_.run_dir, EXPORT_DIR)
         if mode == "train":
+            from zscir_jax.train import trainer
+
+            trainer.resolve_epochs(sc, run_.method)
             step = _final_step(run_)
             if step is None or _exported_step(export_dir) != step:
-                from zscir_jax.train import trainer
-
                 writers.say(f"stage {name}: training {sc.method} in {run_.run_dir}")
                 run_.model = trainer.train(sc, run_.run_dir, mesh)
                 if entry.get("output"):

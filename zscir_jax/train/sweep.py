@@ -9,6 +9,8 @@
     common      {dotted key: value} applied to every run (e.g. no baselines: ``eval.compare=()``)
     eval        the ``config.evals`` entry compared (default "cirr"); metrics: recall@K / recall_subset@K
     metrics     the table's columns
+    also_rows   {table name: (variant, results row)}: more rows of the variants' own runs in the table, compared with
+                the reference the same way (e.g. DistillCIR's ``pic2word`` stage and its baselines)
 
 Layout: ``WORKDIR/prepared`` (the base config's preparation: benchmark, triplets, tokenizer, warmed-up towers, made
 once), ``WORKDIR/runs/<variant>/seed_<s>`` (a normal run directory each: it resumes from its checkpoints, and a run
@@ -28,7 +30,7 @@ import numpy as np
 
 from zscir_jax.errors import UserError
 
-KEYS = ("variants", "reference", "seeds", "common", "eval", "metrics")
+KEYS = ("variants", "reference", "seeds", "common", "eval", "metrics", "also_rows")
 
 
 def check(sweep: dict) -> None:
@@ -44,6 +46,9 @@ def check(sweep: dict) -> None:
     seeds = tuple(sweep.get("seeds") or ())
     if not seeds or len(set(seeds)) != len(seeds) or not all(isinstance(s, int) and s >= 0 for s in seeds):
         raise UserError(f"sweep.seeds={seeds!r}: give distinct integers >= 0")
+    for name, where in (sweep.get("also_rows") or {}).items():
+        if name in variants or not (isinstance(where, (tuple, list)) and len(where) == 2 and where[0] in variants):
+            raise UserError(f"sweep.also_rows.{name}={where!r}: give (variant, results row) for a new table name")
     for name, overrides in variants.items():
         if not isinstance(name, str) or not name or "/" in name:
             raise UserError(f"sweep.variants: {name!r} is not a usable name (a non-empty string without '/')")
@@ -124,14 +129,16 @@ def summarize(workdir: str, sweep: dict) -> dict:
     metrics = list(sweep.get("metrics") or ("recall@1", "recall@5", "recall_subset@1"))
     seeds = list(sweep["seeds"])
 
-    def load(variant):
-        """(the method's row, its metrics per seed, its per-query rankings per seed), each file read once."""
-        row, metrics_per_seed, parts_per_seed = None, [], []
+    def load(variant, row=None):
+        """(the row: the method's own by default, its metrics per seed, its per-query rankings per seed)."""
+        metrics_per_seed, parts_per_seed = [], []
         for seed in seeds:
             run_dir = os.path.join(workdir, "runs", variant, f"seed_{seed}")
             with open(os.path.join(run_dir, "results.json")) as f:
                 results = json.load(f)
-            row = next(iter(results))  # the method's own row comes first
+            row = row or next(iter(results))  # the method's own row comes first
+            if row not in results:
+                raise UserError(f"sweep: {run_dir}/results.json has no row {row!r}; rows: {', '.join(results)}")
             metrics_per_seed.append(results[row][eval_name])
             parts_per_seed.append(compare.parts(run_dir, row, eval_name))
         return row, metrics_per_seed, parts_per_seed
@@ -142,6 +149,7 @@ def summarize(workdir: str, sweep: dict) -> dict:
                 for t in sorted(parts_per_seed[0])]
 
     loaded = {variant: load(variant) for variant in sweep["variants"]}
+    loaded.update({name: load(variant, row) for name, (variant, row) in (sweep.get("also_rows") or {}).items()})
     reference = sweep["reference"]
     rows = {}
     for variant, (row, per_seed, parts_per_seed) in loaded.items():

@@ -77,6 +77,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         preflight.check_paths(config, method, mode=mode)
         evals = suite.usable(suite.specs(config), writers.warn)
         model = None
+        if mode == "train" and method.trainable:
+            resolve_epochs(config, method)
         if mode == "train" and method.trainable and config.train.steps > 0:
             model = train(config, os.path.join(workdir, config.method), mesh, evals)
         elif mode == "eval" and method.trainable:
@@ -87,6 +89,21 @@ def train_and_evaluate(config, workdir: str) -> dict:
             lock.release()
     logging.info("train_and_evaluate finished in %.1f s", time.perf_counter() - t0)
     return results
+
+
+def resolve_epochs(config, method) -> None:
+    """``config.train.epochs`` > 0 sets ``config.train.steps`` to that many passes over the training records (rounded
+    up to whole global batches; Table-7-style configs give epochs, and the record count is known only now)."""
+    epochs = config.train.get("epochs", 0) or 0
+    if not epochs:
+        return
+    if config.data.get("source", "triplets") == "random":
+        raise UserError("config.train.epochs needs real training data (config.data.source is 'random'): set "
+                        "config.train.steps instead")
+    n = len(sources.load_pairs(config) if method.batch == "pairs" else sources.load_triplets(config))
+    config.train.steps = max(1, -(-int(epochs * n) // int(config.train.batch_size)))
+    writers.say(f"{config.method}: {epochs} epoch(s) of {n} records at batch {config.train.batch_size} = "
+                f"{config.train.steps} steps")
 
 
 def _unlocked(config):
@@ -344,7 +361,8 @@ def evaluate_all(config, workdir: str, mesh, trained, evals, stage_runs=()) -> d
                                                  batch_size=config.eval.batch_size,
                                                  out_dir=os.path.join(workdir, name), log=logging.info,
                                                  scoring=scoring, texts_for=texts_for)
-            if m.explain is not None and which == "trained" and name == config.method and jax.process_index() == 0:
+            # The picture is computed eagerly on one host: skipped when the parameters span several processes.
+            if m.explain is not None and which == "trained" and name == config.method and jax.process_count() == 1:
                 path = os.path.join(workdir, name, "eval", f"{spec.name}_attention.png")
                 m.explain(models[(m.name, which)], cfg, benchmarks[spec.name][0], path)
     if jax.process_index() == 0:
