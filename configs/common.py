@@ -101,6 +101,16 @@ def base(method: str = "pvlf") -> ml_collections.ConfigDict:
     return c
 
 
+def flags(arg, allowed) -> tuple:
+    """The comma-separated flags of a config argument (``:smoke,no_fea``); an unknown one is refused by name."""
+    given = tuple(f for f in (arg or "").split(",") if f)
+    bad = [f for f in given if f not in allowed]
+    if bad:
+        raise ValueError(f"unknown config argument(s) {', '.join(bad)}; allowed (comma-separated): "
+                         f"{', '.join(allowed)}")
+    return given
+
+
 def eval_entry(reader: str, root: str = "", split: str = "val", every: int = 0, **options) -> ml_collections.ConfigDict:
     """One ``config.evals`` entry; ``options`` are the reader's keyword arguments."""
     return ml_collections.ConfigDict(dict(reader=reader, root=root, split=split, every=every, options=options))

@@ -46,10 +46,7 @@ def synthesis(smoke: bool):
 
 
 def get_config(arg=None):
-    flags = tuple(f for f in (arg or "").split(",") if f)
-    bad = [f for f in flags if f not in FLAGS]
-    if bad:
-        raise ValueError(f"unknown config argument(s) {', '.join(bad)}; allowed (comma-separated): {', '.join(FLAGS)}")
+    flags = common.flags(arg, FLAGS)
     smoke = "smoke" in flags
     c = common.mvftji()
     d = demo.get_config("smoke" if smoke else None)  # the demo's scenes, tokenizer, CLIP warm-up, sizes and evals

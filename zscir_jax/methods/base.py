@@ -67,17 +67,24 @@ def build_towers(config, rngs: nnx.Rngs) -> clip.CLIPModel:
     return clip.from_pretrained(path, dtype=dtype, param_dtype=param_dtype)
 
 
-def export_towers(model: clip.CLIPModel, path: str) -> None:
-    """Write a CLIP's parameters (Orbax) and config (JSON) so ``build_towers`` can read them back."""
+def save_params(module: nnx.Module, path: str, marker: str, info: dict) -> str:
+    """A module's parameters (Orbax, ``path/params``) and the JSON file ``marker`` saying what they are (written
+    last: its presence means the export is complete)."""
     import orbax.checkpoint as ocp
 
     path = os.path.abspath(path)
     ckpt = ocp.StandardCheckpointer()
-    ckpt.save(os.path.join(path, "params"), nnx.state(model, nnx.Param), force=True)
+    ckpt.save(os.path.join(path, "params"), nnx.state(module, nnx.Param), force=True)
     ckpt.wait_until_finished()
     if jax.process_index() == 0:
-        with open(os.path.join(path, EXPORT_MARKER), "w") as f:
-            json.dump(dataclasses.asdict(model.config), f, indent=1)
+        with open(os.path.join(path, marker), "w") as f:
+            json.dump(info, f, indent=1)
+    return path
+
+
+def export_towers(model: clip.CLIPModel, path: str) -> None:
+    """Write a CLIP's parameters (Orbax) and config (JSON) so ``build_towers`` can read them back."""
+    save_params(model, path, EXPORT_MARKER, dataclasses.asdict(model.config))
 
 
 def load_exported(path: str, *, dtype=jnp.float32, param_dtype=jnp.float32) -> clip.CLIPModel:

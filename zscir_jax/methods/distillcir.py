@@ -139,7 +139,8 @@ def teacher_export(model: Teacher, config, out_dir: str) -> str:
     n, size = len(texts), int(config.eval.batch_size)
     dtype = np.dtype(teacher_settings(config).get("feature_dtype", "float32"))
     out = None
-    bar = writers.progress(n, 0, "teacher: embedding the modified captions", config.train.get("progress_bar", True))
+    bar = writers.progress(n, 0, "teacher: embedding the modified captions", config.train.get("progress_bar", True),
+                           unit="caption")
     try:
         for a in range(0, n, size):
             chunk = texts[a:a + size]

@@ -178,18 +178,7 @@ def build(config, rngs: nnx.Rngs) -> Pic2Word:
 
 def export_mapping(mapping: MappingNetwork, path: str) -> str:
     """f_phi's parameters (Orbax) and a marker file, for ``config.model.pic2word.init_from``."""
-    import json
-
-    import orbax.checkpoint as ocp
-
-    path = os.path.abspath(path)
-    ckpt = ocp.StandardCheckpointer()
-    ckpt.save(os.path.join(path, "params"), nnx.state(mapping, nnx.Param), force=True)
-    ckpt.wait_until_finished()
-    if jax.process_index() == 0:
-        with open(os.path.join(path, MAPPING_FILE), "w") as f:
-            json.dump({"layers": len(mapping.layers)}, f)
-    return path
+    return base.save_params(mapping, path, MAPPING_FILE, {"layers": len(mapping.layers)})
 
 
 def load_mapping(mapping: MappingNetwork, path: str) -> None:

@@ -9,8 +9,9 @@ the main method, and hands it what it made.
     )
 
 A stage's config is the main config with the stage's overrides merged in (nested dicts key by key), without the
-main-only parts (stages, preparation, synthesis, evals, joint inference). Stages run in the order given; a later stage
-reads what an earlier one set (DistillCIR: the Pic2Word mapping, then the teacher's features). Each resumes from its
+main-only parts (stages, preparation, synthesis, evals, joint inference). Stages run in the order of their names
+(``ml_collections`` keeps a ConfigDict's keys sorted; prefix them, e.g. ``s1_align``, ``s2_...``, when one reads
+another's output); a later stage's config sees what the earlier ones set. Each resumes from its
 checkpoints like the main run; its export is written once per final step (``<stage>/export`` plus a marker naming the
 step), so a rerun of a finished job trains and exports nothing. ``mode=eval`` trains nothing: every stage's export must
 exist already.
@@ -97,7 +98,10 @@ def check(config, mode: str) -> None:
             if method.export is None:
                 raise UserError(f"config.stages.{name}.output={output!r}: method {sc.method} exports nothing")
             _parent(config, output, f"config.stages.{name}.output")
-        preflight.check(sc, method, mode="train")
+        try:
+            preflight.check(sc, method, mode="train")
+        except UserError as e:  # the key may come from the stage's overrides or from the main config
+            raise UserError(f"stage {name} (config.stages.{name} over the main config): {e}") from None
 
 
 def _parent(config, dotted: str, key: str):
@@ -131,7 +135,7 @@ def run(config, workdir: str, mesh, mode: str) -> list[StageRun]:
                 run_.model = trainer.train(sc, run_.run_dir, mesh)
                 if entry.get("output"):
                     run_.method.export(run_.model, sc, export_dir)
-                _mark_exported(export_dir, sc.train.steps)
+                _mark_exported(export_dir, _final_step(run_))
         elif entry.get("output") and _exported_step(export_dir) is None:
             raise UserError(f"config.mode=eval: stage {name} has no export in {export_dir} (run the job in train mode "
                             "first)")

@@ -14,12 +14,12 @@ def create(workdir: str):
         os.path.join(workdir, "tensorboard"), just_logging=jax.process_index() > 0)
 
 
-def progress(total: int, initial: int, desc: str, enabled: bool = True):
+def progress(total: int, initial: int, desc: str, enabled: bool = True, unit: str = "step"):
     """A step bar; on a terminal it redraws often, in a log file (no TTY) once a minute."""
     from tqdm.auto import tqdm
 
     tty = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", dynamic_ncols=True,
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, dynamic_ncols=True,
                 mininterval=0.1 if tty else 60.0, disable=not enabled or jax.process_index() > 0)
 
 
