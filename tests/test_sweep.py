@@ -40,6 +40,14 @@ def test_smoke_sweep_writes_the_table_and_a_rerun_trains_nothing(tmp_path):
     assert a["pvlf"]["cirr"]["num_queries"] == b["pvlf"]["cirr"]["num_queries"] == 20
     assert "| `transagg` |" in open(tmp_path / "sweep.md").read() and "| `transagg` |" in run.stdout
     assert not os.path.exists(tmp_path / "prepared" / "pvlf")  # the preparation only
+    # also_rows: another results row of a variant's runs, compared with the reference like the variants.
+    import runpy
+
+    spec = runpy.run_path(os.path.join(ROOT, "configs", "sweeps", "pvlf_ablations.py"))["get_sweep"]("smoke")
+    extra = sweep_lib.summarize(str(tmp_path), dict(spec, also_rows={"pvlf_again": ("pvlf", "pvlf")}))
+    assert extra["rows"]["pvlf_again"]["recall@5"] == result["rows"]["pvlf"]["recall@5"]
+    with pytest.raises(UserError, match="has no row 'nope'"):
+        sweep_lib.summarize(str(tmp_path), dict(spec, also_rows={"x": ("pvlf", "nope")}))
     again = _sweep(tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done already") == 6
@@ -62,6 +70,7 @@ def test_mistakes_are_one_line_before_any_stage(tmp_path):
     (dict(variants={"a": {}}, reference="a", seeds=(0, 0)), "sweep.seeds=(0, 0): give distinct integers"),
     (dict(variants={"a": {"prepare.num_train": 5}}, reference="a", seeds=(0,)), "changes the shared preparation"),
     (dict(variants={"a": {}}, reference="a", seeds=(0,), grid=1), "sweep: unknown keys ['grid']"),
+    (dict(variants={"a": {}}, reference="a", seeds=(0,), also_rows={"b": ("c", "row")}), "sweep.also_rows.b"),
 ])
 def test_sweep_checks(sweep, message):
     with pytest.raises(UserError) as e:
