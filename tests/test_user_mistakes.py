@@ -118,3 +118,20 @@ def test_busy_workdir_is_refused_quickly_and_a_dead_holder_is_taken_over(tmp_pat
         holder.wait()
     # SIGKILLed holder: the kernel released its flock, so the next job takes the workdir over.
     workdir_lock.WorkdirLock(str(tmp_path)).acquire().release()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_is_one_line_naming_the_file_and_the_last_good_checkpoint(tmp_path):
+    """A real ENOSPC from the kernel: PVLF's metrics.jsonl is /dev/full, which refuses every write."""
+    os.makedirs(tmp_path / "pvlf")
+    os.symlink("/dev/full", tmp_path / "pvlf" / "metrics.jsonl")
+    run = _cli(tmp_path, "--config.prepare.num_train=120", "--config.prepare.num_val_queries=20",
+               "--config.train.steps=4", "--config.train.log_every=2", "--config.warmup.train.steps=4",
+               "--config.warmup.train.log_every=2", "--config.train.progress_bar=False",
+               "--config.warmup.train.progress_bar=False", timeout=600)
+    lines = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and "Traceback" not in run.stderr, run.stderr[-3000:]
+    assert len(lines) == 1, run.stderr[-3000:]
+    assert lines[0].startswith("zscir_jax.main: error: no space left on device while writing")
+    assert str(tmp_path / "pvlf" / "metrics.jsonl") in lines[0] and "clip_pretrain step 4" in lines[0]
+    workdir_lock.WorkdirLock(str(tmp_path)).acquire().release()  # released on the way out

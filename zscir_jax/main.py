@@ -167,6 +167,16 @@ def main(argv: list[str]) -> None:
         trainer.train_and_evaluate(config, _WORKDIR.value)
     except UserError as e:
         _fail(_one_line(e))
+    except Exception as e:  # noqa: BLE001 - only a full disk is turned into one line; anything else is our bug
+        _fail_if_disk_full(e, _WORKDIR.value)
+        raise
+
+
+def _fail_if_disk_full(error: BaseException, workdir: str) -> None:
+    from zscir_jax import errors
+
+    if errors.disk_full(error) is not None:
+        _fail(errors.disk_full_message(errors.disk_full(error), os.path.abspath(workdir)))
 
 
 def in_locked_workdir(fn):
@@ -188,6 +198,9 @@ def in_locked_workdir(fn):
                 lock.release()
     except UserError as e:
         _fail(_one_line(e))
+    except Exception as e:  # noqa: BLE001 - a full disk is one line; anything else keeps its traceback
+        _fail_if_disk_full(e, workdir)
+        raise
 
 
 def run() -> None:

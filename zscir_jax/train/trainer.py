@@ -254,8 +254,10 @@ def _compiled_step(method, config, ts, mesh, spec):
 
 
 def _append_jsonl(path, row):
+    from zscir_jax import errors
+
     if jax.process_index() == 0:
-        with open(path, "a") as f:
+        with errors.naming(path), open(path, "a") as f:
             f.write(json.dumps(row) + "\n")
 
 
