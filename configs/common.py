@@ -83,6 +83,7 @@ def base(method: str = "pvlf") -> ml_collections.ConfigDict:
         llm_max_length=32,  # tokens of a text field written by the (M)LLM's own tokenizer (model.mllm_path)
         worker_count=0,
         on_error="raise",  # "raise" | "skip"
+        max_skip_fraction=0.05,  # on_error=skip: a run that skips more of the records it reads stops
     ))
 
     # Benchmarks, by name (zscir_jax.evaluation.suite): reader, root, split, options (reader keyword arguments),

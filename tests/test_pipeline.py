@@ -157,3 +157,42 @@ def test_word_tokenizer(data):
     assert m[1].all() and a[1, -1] == tok.eos_token_id  # truncated: EOS kept last
     assert a[1, 1] == hf.unk_token_id
     assert tok.vocab_size == len(hf) and tok.pad_token_id != tok.eos_token_id
+
+
+def _skip_config(tok_dir, tok, triplets, **data):
+    import os
+    import runpy
+
+    common = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "configs", "common.py"))
+    c = common["tiny"]("pvlf")
+    c.model.clip_tiny.update(vocab_size=tok.vocab_size, eos_token_id=tok.eos_token_id, max_length=16, image_size=S)
+    c.data.update(source="triplets", triplets=triplets, tokenizer=tok_dir, image_size=S, max_length=16,
+                  on_error="skip", **data)
+    c.train.update(steps=4, batch_size=8, log_every=2, checkpoint_every=4)
+    return c
+
+
+def test_skips_are_counted_per_kind_logged_and_a_run_that_skips_too_much_stops(data, tmp_path):
+    import json
+
+    from zscir_jax.errors import UserError
+    from zscir_jax.train import trainer
+
+    _, pairs, tok, records, tok_dir = data
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\nnot really a png")
+    lines = [r.to_json() for r in records[:20]]
+    lines += ["{not json", json.dumps({"reference_image": 3, "modification_text": "x", "target_text": "y"})]
+    lines += [TripletRecord(str(tmp_path / "nope.png"), "m", target_text="x").to_json(),
+              TripletRecord(str(broken), "b", target_text="x").to_json()]
+    path = tmp_path / "t.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    mesh = trainer.sharding.make_mesh((-1, 1, 1))
+    trainer.train(_skip_config(tok_dir, tok, str(path), max_skip_fraction=0.5), str(tmp_path / "run"), mesh)
+    rows = trainer.read_metrics(str(tmp_path / "run"))
+    last = rows[4]
+    assert last["skipped/bad_record"] == 2
+    assert last["skipped/missing_image"] >= 1 and last["skipped/undecodable_image"] >= 1
+    assert 0 < last["skipped/fraction"] < 0.5
+    with pytest.raises(UserError, match=r"more than config.data.max_skip_fraction=0.01"):
+        trainer.train(_skip_config(tok_dir, tok, str(path), max_skip_fraction=0.01), str(tmp_path / "run2"), mesh)

@@ -16,7 +16,12 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class ImageError(ValueError):
-    """A missing or undecodable image; the message names the file."""
+    """A missing or undecodable image; the message names the file. ``kind``: "missing_image" | "undecodable_image"
+    (how skips are counted)."""
+
+    def __init__(self, message: str, kind: str = "undecodable_image"):
+        super().__init__(message)
+        self.kind = kind
 
 
 def load_image(path: str) -> Image.Image:
@@ -26,7 +31,7 @@ def load_image(path: str) -> Image.Image:
             img.load()  # decode now: a truncated file must fail here, not later inside a transform
             return img.convert("RGB")
     except FileNotFoundError as e:
-        raise ImageError(f"image file not found: {path}") from e
+        raise ImageError(f"image file not found: {path}", "missing_image") from e
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError(f"cannot decode image {path}: {e}") from e
 

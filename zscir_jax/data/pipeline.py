@@ -34,20 +34,51 @@ from zscir_jax.data.triplets import TripletRecord, coerce
 log = logging.getLogger(__name__)
 
 
+SKIP_KINDS = ("bad_record", "missing_image", "undecodable_image")
+
+
 @dataclasses.dataclass
 class PipelineStats:
-    """Counts records skipped for a bad image (``on_error="skip"``). Counted in the process that decodes: with
-    ``worker_count > 0`` the workers log each skip instead (``zscir_jax.data.pipeline`` logger)."""
+    """What ``on_error="skip"`` dropped, per kind (``SKIP_KINDS``), and how many records were read in all.
+
+    ``bad_record`` counts the malformed records the reader dropped when the source was loaded; the image kinds are
+    counted as the pipeline decodes, in the process that decodes: with ``worker_count > 0`` the workers log each skip
+    instead (``zscir_jax.data.pipeline`` logger)."""
     skipped: int = 0
     last_error: str = ""
+    decoded: int = 0  # records that went through the transform whole
+    by_kind: dict = dataclasses.field(default_factory=lambda: dict.fromkeys(SKIP_KINDS, 0))
 
     def __post_init__(self):
         self._lock = threading.Lock()
 
-    def record(self, message: str) -> None:
+    def record(self, message: str, kind: str = "undecodable_image") -> None:
         with self._lock:
             self.skipped += 1
+            self.by_kind[kind] = self.by_kind.get(kind, 0) + 1
             self.last_error = message
+
+    def add_bad_records(self, n: int, last_error: str = "") -> None:
+        with self._lock:
+            self.skipped += n
+            self.by_kind["bad_record"] += n
+            if n and last_error:
+                self.last_error = last_error
+
+    def count_decoded(self) -> None:
+        with self._lock:
+            self.decoded += 1
+
+    @property
+    def seen(self) -> int:
+        return self.decoded + self.skipped
+
+    def summary(self) -> str:
+        """"12 of 600 records skipped (3 bad records, 9 missing images)", or "" when nothing was skipped."""
+        if not self.skipped:
+            return ""
+        parts = [f"{n} {k.replace('_', ' ')}s" for k, n in self.by_kind.items() if n]
+        return f"{self.skipped} of {self.seen} records skipped ({', '.join(parts)})"
 
     def __getstate__(self):  # picklable for Grain workers: the lock is rebuilt there
         d = dict(self.__dict__)
@@ -95,13 +126,15 @@ class _Decode:
 
     def guarded(self, fn: Callable[[Any], dict], element: Any) -> dict | None:
         try:
-            return fn(element)
+            out = fn(element)
         except images.ImageError as e:
-            policy.raise_or_skip(self.on_error, e, self._skip)
+            policy.raise_or_skip(self.on_error, e, lambda message: self._skip(message, e.kind))
             return None
+        self.stats.count_decoded()
+        return out
 
-    def _skip(self, message: str) -> None:
-        self.stats.record(message)
+    def _skip(self, message: str, kind: str) -> None:
+        self.stats.record(message, kind)
         log.warning("skipping record: %s", message)
 
 

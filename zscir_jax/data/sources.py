@@ -148,7 +148,9 @@ def make_loader(config, method):
     if kind == "pairs":
         return pipeline.pair_loader(load_pairs(config), **common)
     records = load_triplets(config)
-    return pipeline.triplet_loader(records, features=record_features(config, records), **common)
+    it = pipeline.triplet_loader(records, features=record_features(config, records), **common)
+    it.stats.add_bad_records(records.skipped, records.errors[-1] if records.errors else "")
+    return it
 
 
 def record_features(config, records) -> dict:

@@ -222,6 +222,7 @@ def train(config, run_dir: str, mesh, evals=()):
                     scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
                     scalars.update({f"lr/{k}": float(f(n)) for k, f in schedules.items()})
                     scalars["steps_per_second"] = (n - s_log) / max(now - t_log, 1e-9)
+                    scalars.update(_skips(config, getattr(data, "stats", None)))
                     t_log, s_log = now, n
                     writer.write_scalars(n, scalars)
                     _append_jsonl(os.path.join(run_dir, "metrics.jsonl"), {"step": n, **scalars})
@@ -237,7 +238,29 @@ def train(config, run_dir: str, mesh, evals=()):
         bar.close()
         ckpt.close()
         writer.flush()
+    stats = getattr(data, "stats", None)
+    if stats is not None and stats.skipped:
+        writers.warn(f"{config.method}: {stats.summary()} under config.data.on_error=skip; last: {stats.last_error}")
     return ts.model(state)
+
+
+DEFAULT_MAX_SKIP_FRACTION = 0.05
+
+
+def _skips(config, stats) -> dict:
+    """``skipped/<kind>`` counts for the logs; stops the run (one line) when more than
+    ``config.data.max_skip_fraction`` of the records read so far were skipped: bad data, not bad luck."""
+    if stats is None:
+        return {}
+    from zscir_jax.data import pipeline
+
+    limit = float(config.data.get("max_skip_fraction", DEFAULT_MAX_SKIP_FRACTION))
+    if stats.seen and stats.skipped / stats.seen > limit:
+        raise UserError(f"{config.method}: {stats.summary()}, more than config.data.max_skip_fraction={limit} "
+                        f"(last: {stats.last_error}); fix the data or raise the fraction")
+    out = {f"skipped/{k}": float(stats.by_kind.get(k, 0)) for k in pipeline.SKIP_KINDS}
+    out["skipped/fraction"] = stats.skipped / max(stats.seen, 1)
+    return out
 
 
 _STEP_CACHE: dict = {}
