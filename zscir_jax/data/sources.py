@@ -75,7 +75,13 @@ def load_triplets(config):
     }
     records = triplets.RecordList()
     for fmt, path in triplet_sources(config):
-        part = readers[fmt](path)
+        try:
+            part = readers[fmt](path)
+        except UserError:
+            raise
+        except ValueError as e:  # a malformed record under on_error=raise: the message names the file and record
+            raise UserError(f"config.data.triplets: {e} (config.data.on_error=skip drops such records and counts "
+                            "them)") from None
         records.extend(part)
         records.skipped += part.skipped
     return records

@@ -197,7 +197,7 @@ def train(config, run_dir: str, mesh, evals=()):
     bar = writers.progress(tc.steps, start, config.method, tc.get("progress_bar", True))
     try:
         for s in range(start, tc.steps):
-            batch = next(data)
+            batch = _next_batch(data)
             if train_step is None:
                 train_step = _compiled_step(method, config, ts, mesh, step_lib.batch_spec_of(batch))
             with jax.set_mesh(mesh):
@@ -261,6 +261,16 @@ def _skips(config, stats) -> dict:
     out = {f"skipped/{k}": float(stats.by_kind.get(k, 0)) for k in pipeline.SKIP_KINDS}
     out["skipped/fraction"] = stats.skipped / max(stats.seen, 1)
     return out
+
+
+def _next_batch(data):
+    """The next host batch; a missing or undecodable image under ``on_error=raise`` is the user's data: one line."""
+    from zscir_jax.data import images
+
+    try:
+        return next(data)
+    except images.ImageError as e:
+        raise UserError(f"{e} (config.data.on_error=raise; 'skip' drops such records and counts them)") from None
 
 
 _STEP_CACHE: dict = {}
