@@ -128,7 +128,8 @@ class _Decode:
         try:
             out = fn(element)
         except images.ImageError as e:
-            policy.raise_or_skip(self.on_error, e, lambda message: self._skip(message, e.kind))
+            kind = e.kind
+            policy.raise_or_skip(self.on_error, e, lambda message: self._skip(message, kind))
             return None
         self.stats.count_decoded()
         return out
