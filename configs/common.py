@@ -112,6 +112,14 @@ def flags(arg, allowed) -> tuple:
     return given
 
 
+def teach_demo_mllm(synth, tasks) -> None:
+    """A synthesis config's demo MLLM is taught only ``tasks``: every other task, and every batch shape (group)
+    holding none of them, gets weight 0 (a small model's capacity and training time go to what the run uses)."""
+    t = synth.demo_mllm.train
+    t.task_weights = {k: (v if k in tasks else 0.0) for k, v in t.task_weights.items()}
+    t.group_weights = {g: (v if set(t.groups[g].split(",")) & set(tasks) else 0.0) for g, v in t.group_weights.items()}
+
+
 def eval_entry(reader: str, root: str = "", split: str = "val", every: int = 0, **options) -> ml_collections.ConfigDict:
     """One ``config.evals`` entry; ``options`` are the reader's keyword arguments."""
     return ml_collections.ConfigDict(dict(reader=reader, root=root, split=split, every=every, options=options))

@@ -43,12 +43,8 @@ def synthesis(smoke: bool, mllm_data: bool):
     MLLM taught DistillCIR's own template instead (ours: measured, its answers are well-formed but 0% consistent
     with the caption at the demo's scale; see the README)."""
     s = runpy.run_path(os.path.join(HERE, "synth", "distillcir.py"))["get_config"]("smoke" if smoke else "demo")
-    t = s.demo_mllm.train
-    tasks = ("distillcir",) if mllm_data else TEACHER_TASKS
-    t.task_weights = {k: (v if k in tasks else 0.0) for k, v in t.task_weights.items()}
-    groups = {g for g, names in t.groups.items() if set(names.split(",")) & set(tasks)}
-    t.group_weights = {k: (v if k in groups else 0.0) for k, v in t.group_weights.items()}
-    t.steps = 60 if smoke else (500 if mllm_data else 300)
+    common.teach_demo_mllm(s, ("distillcir",) if mllm_data else TEACHER_TASKS)
+    s.demo_mllm.train.steps = 60 if smoke else (500 if mllm_data else 300)
     s.demo_mllm.eval.num_images = 0 if smoke or mllm_data else 50
     s.demo_mllm.eval.num_text = 50 if mllm_data and not smoke else 0
     if mllm_data:

@@ -36,9 +36,7 @@ def synthesis(smoke: bool):
     """configs/synth/mvftji.py on the scenes with the demo MLLM, taught only the MVFT-JI prompts (ours: the other
     recipes' tasks would share its small capacity and training time for nothing here)."""
     s = runpy.run_path(os.path.join(HERE, "synth", "mvftji.py"))["get_config"]("smoke" if smoke else "demo")
-    t = s.demo_mllm.train
-    t.task_weights = {k: (v if k in MVFTJI_TASKS else 0.0) for k, v in t.task_weights.items()}
-    t.group_weights = {k: (v if k.startswith("image") else 0.0) for k, v in t.group_weights.items()}
+    common.teach_demo_mllm(s, MVFTJI_TASKS)
     s.demo_mllm.eval.num_text = 0  # quality.json: only the image prompts are measured
     if not smoke:
         s.demo_mllm.eval.num_images = 100

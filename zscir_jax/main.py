@@ -175,8 +175,9 @@ def main(argv: list[str]) -> None:
 def _fail_if_disk_full(error: BaseException, workdir: str) -> None:
     from zscir_jax import errors
 
-    if errors.disk_full(error) is not None:
-        _fail(errors.disk_full_message(errors.disk_full(error), os.path.abspath(workdir)))
+    full = errors.disk_full(error)
+    if full is not None:
+        _fail(errors.disk_full_message(full, os.path.abspath(workdir)))
 
 
 def in_locked_workdir(fn):

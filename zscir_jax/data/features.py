@@ -16,6 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
+from zscir_jax import files
 from zscir_jax.errors import UserError
 
 ARRAY, META = "features.npy", "meta.json"
@@ -37,11 +38,8 @@ def write(path: str, features: np.ndarray, texts: Sequence[str], **meta) -> str:
     tmp = os.path.join(path, ARRAY + ".tmp.npy")
     np.save(tmp, np.asarray(features))
     os.replace(tmp, os.path.join(path, ARRAY))
-    info = dict(meta, count=int(len(texts)), dim=int(features.shape[1]), digest=digest(texts),
-                dtype=str(features.dtype))
-    with open(os.path.join(path, META + ".tmp"), "w") as f:
-        json.dump(info, f, indent=1)
-    os.replace(os.path.join(path, META + ".tmp"), os.path.join(path, META))
+    files.write_json_atomic(os.path.join(path, META), dict(meta, count=int(len(texts)), dim=int(features.shape[1]),
+                                                           digest=digest(texts), dtype=str(features.dtype)))
     return path
 
 
@@ -51,10 +49,6 @@ def read_meta(path: str, key: str = "features") -> dict:
         raise UserError(f"{key}={path!r}: not a features directory ({META} missing)")
     with open(meta) as f:
         return json.load(f)
-
-
-def is_complete(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, META)) and os.path.isfile(os.path.join(path, ARRAY))
 
 
 class RecordFeatures:

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 
 SKIP_KINDS = ("bad_record", "missing_image", "undecodable_image")
+DEFAULT_MAX_SKIP_FRACTION = 0.05  # config.data.max_skip_fraction when a config leaves it out
 
 
 @dataclasses.dataclass

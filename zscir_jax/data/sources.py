@@ -11,6 +11,8 @@ concatenated (then shuffled by the loader); ``config.data.on_error`` ("raise" | 
 """
 from __future__ import annotations
 
+import csv
+import json
 import os
 
 from zscir_jax.errors import UserError
@@ -87,15 +89,52 @@ def load_triplets(config):
     return records
 
 
+def read_pairs(path: str, image_root: str) -> list[tuple[str, str, str]]:
+    """(image as given, caption or None, resolved path) per line of a JSONL ({"image", "caption"}) or CSV
+    (image,caption) of captioned images; relative images are resolved under ``image_root``. Mistakes name the file
+    and line (``UserError``)."""
+    if not path:
+        raise UserError("config.data.pairs is empty: give a JSONL ({\"image\": PATH, \"caption\": TEXT} per line) or "
+                        "a CSV (columns image,caption) of the unlabeled images, or use the :demo config")
+    if not os.path.isfile(path):
+        raise UserError(f"config.data.pairs: file not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8", newline="") as f:
+        if path.endswith(".csv"):
+            reader = csv.DictReader(f)
+            if "image" not in (reader.fieldnames or []):
+                raise UserError(f"{path}: a CSV of pairs needs a header with an 'image' column (and 'caption')")
+            for n, row in enumerate(reader, 2):
+                rows.append((n, row.get("image"), row.get("caption")))
+        else:
+            for n, raw in enumerate(f, 1):
+                if not raw.strip():
+                    continue
+                try:
+                    d = json.loads(raw)
+                except ValueError as e:
+                    raise UserError(f"{path}, line {n}: not JSON ({e})")
+                if not isinstance(d, dict):
+                    raise UserError(f"{path}, line {n}: expected an object with 'image' and 'caption'")
+                rows.append((n, d.get("image"), d.get("caption")))
+    out = []
+    for n, image, caption in rows:
+        if not isinstance(image, str) or not image:
+            raise UserError(f"{path}, line {n}: 'image' must be a non-empty path")
+        if caption is not None and not isinstance(caption, str):
+            raise UserError(f"{path}, line {n}: 'caption' must be a string")
+        resolved = image if os.path.isabs(image) or not image_root else os.path.join(image_root, image)
+        out.append((image, caption, resolved))
+    return out
+
+
 def load_pairs(config):
     """[(image path, caption)]: ``config.data.pairs`` (a JSONL of {"image", "caption"} or a CSV image,caption;
     relative paths under ``config.data.image_dir``; a missing caption is "") when set, else the scenes benchmark's
     train pairs at ``config.data.pairs_root``."""
     if config.data.get("pairs"):
-        from zscir_jax.synthesis import engine
-
         path = os.path.expanduser(config.data.pairs)
-        rows = engine.read_pairs(path, os.path.expanduser(config.data.get("image_dir", "") or ""))
+        rows = read_pairs(path, os.path.expanduser(config.data.get("image_dir", "") or ""))
         return [(resolved, caption or "") for _, caption, resolved in rows]
     if not config.data.get("pairs_root"):
         raise UserError("no image-caption pairs: set config.data.pairs (a JSONL / CSV of image, caption) or "

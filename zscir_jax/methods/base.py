@@ -148,6 +148,12 @@ def mllm_last_token(mm, text_ids, text_mask, pixels=None):
     return llm.last_token_pool(mm.hidden_states(ids, pixels, mask), mask)
 
 
+def is_stage_output(config, key: str) -> bool:
+    """Whether one of ``config.stages`` (``train.stages``) will set the dotted ``key`` before the method is built: a
+    method's check must not ask for that path yet."""
+    return any(dict(s).get("output") == key for s in (config.get("stages") or {}).values())
+
+
 def fusion_config(config, dim: int) -> fusion.FusionConfig:
     f = config.model.fusion
     return fusion.FusionConfig(

@@ -190,7 +190,7 @@ def check(config) -> None:
     if kind not in FEATURE_LOSSES:
         raise UserError(f"config.loss.feature_loss={kind!r}: allowed values are {', '.join(FEATURE_LOSSES)}")
     path = dict(config.data.get("features") or {}).get(FEATURE_KEY, "")
-    if w_fea and not path and not pic2word._is_stage_output(config, f"data.features.{FEATURE_KEY}"):
+    if w_fea and not path and not base.is_stage_output(config, f"data.features.{FEATURE_KEY}"):
         raise UserError(f"config.loss.feature_weight={w_fea} needs the teacher's features: set "
                         f"config.data.features.{FEATURE_KEY} (a teacher's export) or add a distillcir_teacher "
                         "stage to config.stages, or set config.loss.feature_weight=0")

@@ -123,14 +123,10 @@ def check(config) -> None:
             raise UserError(f"config.model.pic2word.{key}={s[key]!r} lacks the placeholder {s.placeholder!r} "
                             "(config.model.pic2word.placeholder)")
     init = s.get("init_from", "")
-    if init and not os.path.isfile(os.path.join(os.path.expanduser(init), MAPPING_FILE)) and not _is_stage_output(
+    if init and not os.path.isfile(os.path.join(os.path.expanduser(init), MAPPING_FILE)) and not base.is_stage_output(
             config, "model.pic2word.init_from"):
         raise UserError(f"config.model.pic2word.init_from={init!r}: no exported Pic2Word mapping there "
                         f"({MAPPING_FILE} missing)")
-
-
-def _is_stage_output(config, key: str) -> bool:
-    return any(dict(s).get("output") == key for s in (config.get("stages") or {}).values())
 
 
 def slot_and_prompt(config):

@@ -26,7 +26,6 @@ batch, so results do not depend on batch size, order or process count.
 from __future__ import annotations
 
 import collections
-import csv
 import glob
 import hashlib
 import json
@@ -37,9 +36,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from zscir_jax.data import triplets
+from zscir_jax.data import sources, triplets
 from zscir_jax.data.triplets import TripletRecord
 from zscir_jax.errors import UserError
+from zscir_jax.files import write_json_atomic
 from zscir_jax.synthesis import backends, cache as cache_lib, prompts, recipes
 from zscir_jax.synthesis.backends import Generation, Request, Sampling
 from zscir_jax.synthesis.recipes import Item
@@ -178,7 +178,7 @@ def load_items(config, workdir: str) -> list[Item]:
                             "(use kind=pairs)")
         raw = [(p, None, p) for p in _image_files(os.path.expanduser(d.get("folder", "") or ""))]
     else:
-        raw = read_pairs(os.path.expanduser(d.get("pairs", "") or ""),
+        raw = sources.read_pairs(os.path.expanduser(d.get("pairs", "") or ""),
                           os.path.expanduser(d.get("image_root", "") or ""))
     needs_caption = recipe in recipes.NEEDS_CAPTIONS
     items, seen = [], set()
@@ -207,42 +207,6 @@ def _image_files(folder: str) -> list[str]:
     if not out:
         raise UserError(f"config.data.folder: no image files ({', '.join(IMAGE_EXTENSIONS)}) under {folder}")
     return sorted(out)
-
-
-def read_pairs(path: str, image_root: str) -> list[tuple[str, str, str]]:
-    if not path:
-        raise UserError("config.data.pairs is empty: give a JSONL ({\"image\": PATH, \"caption\": TEXT} per line) or "
-                        "a CSV (columns image,caption) of the unlabeled images, or use the :demo config")
-    if not os.path.isfile(path):
-        raise UserError(f"config.data.pairs: file not found: {path}")
-    rows = []
-    with open(path, encoding="utf-8", newline="") as f:
-        if path.endswith(".csv"):
-            reader = csv.DictReader(f)
-            if "image" not in (reader.fieldnames or []):
-                raise UserError(f"{path}: a CSV of pairs needs a header with an 'image' column (and 'caption')")
-            for n, row in enumerate(reader, 2):
-                rows.append((n, row.get("image"), row.get("caption")))
-        else:
-            for n, raw in enumerate(f, 1):
-                if not raw.strip():
-                    continue
-                try:
-                    d = json.loads(raw)
-                except ValueError as e:
-                    raise UserError(f"{path}, line {n}: not JSON ({e})")
-                if not isinstance(d, dict):
-                    raise UserError(f"{path}, line {n}: expected an object with 'image' and 'caption'")
-                rows.append((n, d.get("image"), d.get("caption")))
-    out = []
-    for n, image, caption in rows:
-        if not isinstance(image, str) or not image:
-            raise UserError(f"{path}, line {n}: 'image' must be a non-empty path")
-        if caption is not None and not isinstance(caption, str):
-            raise UserError(f"{path}, line {n}: 'caption' must be a string")
-        resolved = image if os.path.isabs(image) or not image_root else os.path.join(image_root, image)
-        out.append((image, caption, resolved))
-    return out
 
 
 def source_name(config) -> str:
@@ -422,20 +386,6 @@ def _fsync_replace(tmp: str, final: str) -> None:
     with open(tmp, "rb+") as f:
         os.fsync(f.fileno())
     os.replace(tmp, final)
-
-
-def write_json_atomic(path: str, obj, lines: bool = False) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        if lines:
-            for x in obj:
-                f.write(json.dumps(x, ensure_ascii=False) + "\n")
-        else:
-            json.dump(obj, f, indent=2, ensure_ascii=False)
-            f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def write_outputs(out_dir: str, records: Sequence[TripletRecord], quarantined: Sequence[dict], manifest: dict,

@@ -15,6 +15,7 @@ import collections
 import os
 from typing import Sequence
 
+from zscir_jax import files
 from zscir_jax.errors import UserError, renamed_keys
 from zscir_jax.synthesis import prompts
 
@@ -89,7 +90,7 @@ class TargetTextWriter:
         self.counts["cached"] += ctx.stats["cached"]
         self.counts["fallbacks"] += sum(not r["parsed"] for r in rows)
         if pi == 0:  # the cache made the directory
-            engine.write_json_atomic(os.path.join(self.directory, f"{name}.jsonl"), rows, lines=True)
+            files.write_json_atomic(os.path.join(self.directory, f"{name}.jsonl"), rows, lines=True)
         self._memo[memo_key] = texts
         return texts
 

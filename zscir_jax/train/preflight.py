@@ -43,7 +43,9 @@ def check(config, method, *, mode: str) -> None:
         _positive("config.train.checkpoint_every", config.train.get("checkpoint_every", 1))
         _one_of("config.data.source", config.data.get("source", "triplets"), SOURCES)
         _one_of("config.data.on_error", config.data.get("on_error", "raise"), ON_ERROR)
-        fraction = config.data.get("max_skip_fraction", 0.05)
+        from zscir_jax.data.pipeline import DEFAULT_MAX_SKIP_FRACTION
+
+        fraction = config.data.get("max_skip_fraction", DEFAULT_MAX_SKIP_FRACTION)
         if not (isinstance(fraction, (int, float)) and 0 <= fraction <= 1):
             raise UserError(f"config.data.max_skip_fraction={fraction!r}: must be a fraction in [0, 1]")
         _one_of("config.optim.finetune", config.optim.get("finetune", "both"), FINETUNE)

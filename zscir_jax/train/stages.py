@@ -165,13 +165,12 @@ def _exported_step(export_dir: str):
 def _mark_exported(export_dir: str, step: int) -> None:
     import jax
 
+    from zscir_jax import files
+
     if jax.process_index() != 0:
         return
     os.makedirs(export_dir, exist_ok=True)
-    tmp = os.path.join(export_dir, EXPORT_MARKER + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"step": int(step)}, f)
-    os.replace(tmp, os.path.join(export_dir, EXPORT_MARKER))
+    files.write_json_atomic(os.path.join(export_dir, EXPORT_MARKER), {"step": int(step)})
 
 
 def model_of(run_: StageRun, mesh):

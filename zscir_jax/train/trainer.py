@@ -244,9 +244,6 @@ def train(config, run_dir: str, mesh, evals=()):
     return ts.model(state)
 
 
-DEFAULT_MAX_SKIP_FRACTION = 0.05
-
-
 def _skips(config, stats) -> dict:
     """``skipped/<kind>`` counts for the logs; stops the run (one line) when more than
     ``config.data.max_skip_fraction`` of the records read so far were skipped: bad data, not bad luck."""
@@ -254,7 +251,7 @@ def _skips(config, stats) -> dict:
         return {}
     from zscir_jax.data import pipeline
 
-    limit = float(config.data.get("max_skip_fraction", DEFAULT_MAX_SKIP_FRACTION))
+    limit = float(config.data.get("max_skip_fraction", pipeline.DEFAULT_MAX_SKIP_FRACTION))
     if stats.seen and stats.skipped / stats.seen > limit:
         raise UserError(f"{config.method}: {stats.summary()}, more than config.data.max_skip_fraction={limit} "
                         f"(last: {stats.last_error}); fix the data or raise the fraction")
