@@ -14,7 +14,7 @@ import pytest
 import transformers
 
 from zscir_jax.data import pipeline, scenes, sources, triplets
-from zscir_jax.synthesis import backends, cache, engine, recipes, rule_based
+from zscir_jax.synthesis import backends, cache, engine, prompts, recipes, rule_based
 
 import tiny_llava
 from tiny_llava import make_tokenizer_dir
@@ -116,19 +116,26 @@ def test_recipe_end_to_end_with_rule_answers(recipe, root, tmp_path):
     assert on_disk["items"] == 24 and set(on_disk["templates"]) == set(config.templates)
     caption_of = dict(scenes.train_pairs(root))
     for r in records:
-        assert r.caption == caption_of[r.reference_image] and r.generator == "rule_based"
-        assert r.source == "scenes:train"
-        ref = scenes.parse_caption(r.caption)
+        assert r.generator == "rule_based" and r.source == "scenes:train"
+        ref = scenes.parse_caption(caption_of[r.reference_image])
+        if recipe == "fashion":  # caption / target text: the two attribute lists as phrases
+            assert r.target_image != r.reference_image
+            tgt = scenes.parse_caption(caption_of[r.target_image])
+            a, b = ([o.to_dict() for o in s.objects] for s in (ref, tgt))
+            assert (r.caption, r.target_text) == (prompts.attribute_phrase(a), prompts.attribute_phrase(b))
+            assert len(a) == len(b) and 1 <= sum(x[k] != y[k] for x, y in zip(a, b) for k in x) <= 2
+            if scenes.diff(ref, tgt) is not None:
+                edit = backends.ScenesRuleBackend().read_edit(ref, r.modification_text)  # the text says the edit
+                assert scenes.apply_edit(ref, edit) == tgt
+            continue
+        assert r.caption == caption_of[r.reference_image]
         if recipe in ("mvftji", "distillcir", "rule_based"):  # the target text is the reference after one edit
             assert scenes.diff(ref, scenes.parse_caption(r.target_text)) is not None
-        if recipe in ("collm", "fashion"):  # a real target image, other than the reference
+        if recipe == "collm":  # a real target image, other than the reference
             assert r.target_image != r.reference_image and r.target_text == caption_of[r.target_image]
-        if recipe in ("collm", "fashion") and scenes.diff(ref, scenes.parse_caption(r.target_text)) is not None:
+        if recipe == "collm" and scenes.diff(ref, scenes.parse_caption(r.target_text)) is not None:
             edit = backends.ScenesRuleBackend().read_edit(ref, r.modification_text)  # the text says the edit
             assert scenes.apply_edit(ref, edit).caption == r.target_text
-        if recipe == "fashion":  # attribute lists one or two values apart
-            a, b = ([o.to_dict() for o in scenes.parse_caption(c).objects] for c in (r.caption, r.target_text))
-            assert len(a) == len(b) and 1 <= sum(x[k] != y[k] for x, y in zip(a, b) for k in x) <= 2
     if recipe in ("collm", "fashion"):  # images without a partner are counted, not lost
         assert on_disk["counts"]["unpaired_images"] + len({r.reference_image for r in records}) == 24
     if recipe == "mvftji":  # the target text applies the modification the rule answer wrote

@@ -4,16 +4,17 @@
     templates     the recipe's prompt templates (copied from zscir_jax.synthesis.prompts.DEFAULTS: edit freely, the
                   fields each may use are checked); rule_based: its phrasing templates per edit op
     backend       kind: mllm (a local LLaVA checkpoint: ``checkpoint``) | demo_mllm (built in the workdir) |
-                  rule_based (exact answers from the scenes' structure); dtype, param_dtype; pad_to_multiple (prompt
-                  lengths are padded to it, so compiles stay few); cache_dir (convert a LLaVA's safetensors once,
-                  restore them with Orbax afterwards)
+                  rule_based (exact answers from the structure of the scenes, or of the garments when data.kind is
+                  garments); dtype, param_dtype; pad_to_multiple (prompt lengths are padded to it, so compiles stay
+                  few); cache_dir (convert a LLaVA's safetensors once, restore them with Orbax afterwards)
     sampling      temperature (0 = greedy), top_p, max_new_tokens, seed (each generation's own seed comes from it
                   and the request)
     batch_size    prompts per generate call (per process)
     data          kind: pairs (``pairs``: JSONL {"image", "caption"} or CSV image,caption; ``image_root`` for
                   relative paths) | folder (every image file under ``folder``; image-only recipes) | scenes (the
                   scenes benchmark's train split at ``root``, default WORKDIR/scenes, built from ``scenes`` when
-                  absent); ``source``: the records' source label ("" = derived)
+                  absent) | garments (the same for the garment benchmark, ``zscir_jax.data.garments``: default
+                  WORKDIR/garments, built from ``garments``); ``source``: the records' source label ("" = derived)
     limit         the first N items only (0 = all)
     output        num_shards, format (jsonl | array_record)
     <recipe>      the recipe's own knobs
@@ -46,7 +47,9 @@ def base(recipe: str, arg=None) -> ml_collections.ConfigDict:
     c.batch_size = 32
     c.data = ml_collections.ConfigDict(dict(kind="pairs", pairs="", image_root="", folder="", root="", source="",
                                             scenes=dict(num_train=3000, num_val_queries=300, num_test_queries=10,
-                                                        image_size=32, seed=0)))
+                                                        image_size=32, seed=0),
+                                            garments=dict(num_train=3000, num_val_queries=300, num_test_queries=30,
+                                                          image_size=32, seed=0)))
     c.limit = 0
     c.output = ml_collections.ConfigDict(dict(num_shards=4, format="jsonl"))
     c.progress_bar = True

@@ -1,5 +1,6 @@
 """What answers the recipes' prompts: our JAX LLaVA / LLM (a local checkpoint, or objects already in memory) and a
-rule-based backend that answers from the scenes benchmark's structure (an exact oracle for the demo and the tests).
+rule-based backend that answers from the scenes benchmark's structure (an exact oracle for the demo and the tests;
+``synthesis.garment_rules`` is its twin for the garment benchmark).
 
 A backend has
 
@@ -450,18 +451,30 @@ class ScenesRuleBackend:
 # ---------------------------------------------------------------------------------------------------------------------
 # From a config
 
+
+def rule_backend(data_kind: str, captions: dict[str, str] | None = None):
+    """The rule-based backend for a data kind: the garments' oracle for ``garments``, the scenes' otherwise."""
+    if data_kind == "garments":
+        from zscir_jax.synthesis import garment_rules
+
+        return garment_rules.GarmentRuleBackend(captions)
+    return ScenesRuleBackend(captions)
+
 KINDS = ("mllm", "demo_mllm", "rule_based")
 
 
 def from_config(config, workdir: str, captions: dict[str, str] | None = None) -> Backend:
     """The backend of ``config.backend`` (``kind``: mllm | demo_mllm | rule_based); nothing is loaded yet.
 
+    ``rule_based`` answers from the structure of ``config.data.kind``'s benchmark: the garments'
+    (``garment_rules.GarmentRuleBackend``) for kind ``garments``, else the scenes' (``ScenesRuleBackend``).
+
     ``demo_mllm`` builds (or reuses) the demo MLLM in the workdir through ``zscir_jax.demo.mllm.build_or_reuse``.
     """
     b = config.backend
     kind = b.kind
     if kind == "rule_based":
-        return ScenesRuleBackend(captions)
+        return rule_backend(config.data.get("kind", ""), captions)
     if kind == "demo_mllm":
         try:
             from zscir_jax.demo import mllm as demo_mllm

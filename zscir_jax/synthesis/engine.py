@@ -45,7 +45,9 @@ from zscir_jax.synthesis.backends import Generation, Request, Sampling
 from zscir_jax.synthesis.recipes import Item
 
 FORMATS = ("jsonl", "array_record")
-DATA_KINDS = ("scenes", "pairs", "folder")
+DATA_KINDS = ("scenes", "garments", "pairs", "folder")
+# The built-in benchmarks a run can read its train split from: zscir_jax.data.<kind> with build / train_pairs.
+BENCHMARK_KINDS = ("scenes", "garments")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 SHARD_PREFIX = "triplets"
 
@@ -89,6 +91,9 @@ def check_config(config, check_backend: bool = True) -> None:
         raise UserError(f"config.output.format={config.output.format!r} is not one of {', '.join(FORMATS)}")
     if config.data.kind not in DATA_KINDS:
         raise UserError(f"config.data.kind={config.data.kind!r} is not one of {', '.join(DATA_KINDS)}")
+    if recipe == "rule_based" and config.data.kind == "garments":
+        raise UserError("config.recipe='rule_based' edits scenes; the garments (config.data.kind='garments') are "
+                        "paired by the fashion recipe (config.recipe='fashion', config.backend.kind='rule_based')")
     check_backend = check_backend and recipe != "rule_based"
     if check_backend and config.backend.kind not in backends.KINDS:
         raise UserError(f"config.backend.kind={config.backend.kind!r} is not one of {', '.join(backends.KINDS)}")
@@ -150,28 +155,17 @@ def load_items(config, workdir: str) -> list[Item]:
     """The run's inputs, in data order (the first ``config.limit`` when it is > 0).
 
     ``config.data.kind``: ``scenes`` (the scenes benchmark's train split at ``data.root``, default
-    ``workdir/scenes``, built there from ``data.scenes`` when absent) or ``pairs`` (``data.pairs``: a JSONL of
-    ``{"image": PATH, "caption": TEXT}`` or a CSV with columns ``image,caption``; relative image paths are read under
-    ``data.image_root`` and kept relative in the records) or ``folder`` (every image file under ``data.folder``,
-    recursively, as absolute paths; no captions, so image-only recipes). Image-only recipes keep the first line of an image seen
-    twice; the caption recipes need a caption on every line.
+    ``workdir/scenes``, built there from ``data.scenes`` when absent) or ``garments`` (the same for the garment
+    benchmark: ``data.garments``, default root ``workdir/garments``, the garments' captions) or ``pairs``
+    (``data.pairs``: a JSONL of ``{"image": PATH, "caption": TEXT}`` or a CSV with columns ``image,caption``;
+    relative image paths are read under ``data.image_root`` and kept relative in the records) or ``folder`` (every
+    image file under ``data.folder``, recursively, as absolute paths; no captions, so image-only recipes).
+    Image-only recipes keep the first line of an image seen twice; the caption recipes need a caption on every line.
     """
     d = config.data
     recipe = config.recipe
-    if d.kind == "scenes":
-        from zscir_jax.data import scenes
-
-        import jax
-
-        root = os.path.expanduser(d.get("root", "") or os.path.join(workdir, "scenes"))
-        if not os.path.isfile(os.path.join(root, "captions", "train_captions.json")):
-            if d.get("root"):
-                raise UserError(f"config.data.root: no scenes benchmark at {root} (captions/train_captions.json)")
-            if jax.process_index() == 0:
-                scenes.build(root, **dict(d.get("scenes") or {}))
-            if jax.process_count() > 1:
-                _barrier("zscir_synthesis:scenes")
-        raw = [(p, c, p) for p, c in scenes.train_pairs(root)]
+    if d.kind in BENCHMARK_KINDS:
+        raw = [(p, c, p) for p, c in _benchmark_train_pairs(d, workdir)]
     elif d.kind == "folder":
         if recipe in recipes.NEEDS_CAPTIONS:
             raise UserError(f"config.data.kind=folder gives images without captions; recipe {recipe} needs captions "
@@ -195,6 +189,25 @@ def load_items(config, workdir: str) -> list[Item]:
     return items
 
 
+def _benchmark_train_pairs(d, workdir: str) -> list[tuple[str, str]]:
+    """(image path, caption) of the train split of benchmark ``d.kind`` at ``d.root`` (default ``workdir/<kind>``),
+    built there from ``d.<kind>`` when absent (by process 0; the others wait at a barrier)."""
+    import importlib
+
+    import jax
+
+    module = importlib.import_module(f"zscir_jax.data.{d.kind}")
+    root = os.path.expanduser(d.get("root", "") or os.path.join(workdir, d.kind))
+    if not os.path.isfile(os.path.join(root, "captions", "train_captions.json")):
+        if d.get("root"):
+            raise UserError(f"config.data.root: no {d.kind} benchmark at {root} (captions/train_captions.json)")
+        if jax.process_index() == 0:
+            module.build(root, **dict(d.get(d.kind) or {}))
+        if jax.process_count() > 1:
+            _barrier(f"zscir_synthesis:{d.kind}")
+    return module.train_pairs(root)
+
+
 def _image_files(folder: str) -> list[str]:
     """Every image file under ``folder`` (recursively, by extension), as sorted absolute paths."""
     if not folder:
@@ -212,8 +225,8 @@ def _image_files(folder: str) -> list[str]:
 def source_name(config) -> str:
     if config.data.get("source"):
         return config.data.source
-    if config.data.kind == "scenes":
-        return "scenes:train"
+    if config.data.kind in BENCHMARK_KINDS:
+        return f"{config.data.kind}:train"
     if config.data.kind == "folder":
         return os.path.basename(os.path.normpath(config.data.get("folder", "") or "folder"))
     return os.path.basename(config.data.get("pairs", "") or "pairs")
@@ -441,7 +454,7 @@ def synthesize(config, workdir: str, *, backend=None, progress: bool | None = No
         items = load_items(config, workdir)
     elif config.backend.kind == "rule_based":
         items = load_items(config, workdir)
-        backend = backends.ScenesRuleBackend({it.image: it.caption for it in items if it.caption})
+        backend = backends.rule_backend(config.data.kind, {it.image: it.caption for it in items if it.caption})
     else:
         backend = backends.from_config(config, workdir)  # demo_mllm: builds the demo (and its scenes) first
         items = load_items(config, workdir)

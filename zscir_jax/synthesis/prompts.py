@@ -140,3 +140,9 @@ def attributes(text: str) -> dict:
 def format_attributes(items: list[dict]) -> str:
     """The inverse of ``attributes``: what the demo MLLM is taught to write, and what fills FASHION_RELATIVE."""
     return "\n".join(f"item {i + 1}: " + ", ".join(f"{k} {v}" for k, v in item.items()) for i, item in enumerate(items))
+
+
+def attribute_phrase(items: list[dict]) -> str:
+    """A parsed attribute list as one line: "key value, key value" per item, items joined by "; " (one garment in
+    ``garments.ATTRIBUTES`` order: exactly ``Garment.phrase()``). The fashion records' caption / target_text."""
+    return "; ".join(", ".join(f"{k} {v}" for k, v in item.items()) for item in items)

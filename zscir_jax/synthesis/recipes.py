@@ -21,7 +21,8 @@ exactly the records of an uninterrupted one.
     collm       per image, its partner: the most word-overlapping OTHER caption (or ``config.collm.pairs``), then a
                 modification from the two captions -> (reference, modification, target image + its caption)
     fashion     per image an attribute list; pairs whose lists differ in 1..2 values; a relative caption from the
-                two lists -> (reference, relative caption, target image)
+                two lists -> (reference, relative caption, target image; the two attribute phrases as caption and
+                target text)
     rule_based  ``synthesis.rule_based`` over (image, caption) pairs; no prompts
 """
 from __future__ import annotations
@@ -135,7 +136,7 @@ def collm(ctx, items: Sequence[Item]) -> list[TripletRecord]:
 
 def _pair_records(ctx, items, pairs, reqs, gens, field: str) -> list[TripletRecord]:
     """(reference i, target j) records from one-line answers in ``field``; unparsable answers are quarantined by
-    ``ctx.parse``. Shared by the recipes whose target is another image (collm, fashion)."""
+    ``ctx.parse``. CoLLM's (its target is another image, with that image's caption)."""
     out = []
     for (i, j), req, gen in zip(pairs, reqs, gens):
         m = ctx.parse(req, gen, line(field))
@@ -205,6 +206,10 @@ def pairs_from_index(path: str, items: Sequence[Item]) -> list[tuple[int, int]]:
 # ----------------------------------------------------------------------------------------------------------- fashion
 
 def fashion(ctx, items: Sequence[Item]) -> list[TripletRecord]:
+    """Records (reference image, ``modification_text`` = the relative caption, target image) whose ``caption`` is
+    the reference's attribute phrase and ``target_text`` the target's (``prompts.attribute_phrase`` of the parsed
+    lists: "category dress, colour red, ..."; items joined by "; "): the fashion training method reads ``caption``
+    as the reference's sentence-level prompt, so it is what the MLLM saw, never the data's own caption."""
     reqs = [ctx.request("attributes", it, image=True) for it in items]
     gens = ctx.generate(reqs, "attributes")
     parsed = [ctx.parse(r, g, prompts.attributes) for r, g in zip(reqs, gens)]
@@ -217,7 +222,16 @@ def fashion(ctx, items: Sequence[Item]) -> list[TripletRecord]:
     second = [ctx.request("relative", items[i], {
         "reference_attributes": prompts.format_attributes(parsed[i]["items"]),
         "target_attributes": prompts.format_attributes(parsed[j]["items"])}) for i, j in pairs]
-    return _pair_records(ctx, items, pairs, second, ctx.generate(second, "relative caption"), "relative")
+    gens = ctx.generate(second, "relative caption")
+    out = []
+    for (i, j), req, gen in zip(pairs, second, gens):
+        m = ctx.parse(req, gen, line("relative"))
+        if m is not None:
+            out.append(ctx.record(reference_image=items[i].key, modification_text=m["relative"],
+                                  target_image=items[j].key,
+                                  target_text=prompts.attribute_phrase(parsed[j]["items"]),
+                                  caption=prompts.attribute_phrase(parsed[i]["items"])))
+    return out
 
 
 def attribute_pairs(lists: Sequence[list[dict]], min_diff: int = 1, max_diff: int = 2,
