@@ -224,6 +224,35 @@ def distillcir() -> ml_collections.ConfigDict:
     return c
 
 
+def fashion() -> ml_collections.ConfigDict:
+    """The fashion method (seed 002; zscir_jax.methods.fashion): one job, two stages.
+
+    stages.fashion_align   stage 1: CLIP, both towers at a small learning rate, aligned to the MLLM's attribute
+                           phrases; its towers are stage 2's start (model.fashion.init_from)
+    the main method        stage 2: the towers' zero-shot attribute prompt + the relative caption, with the
+                           reference image; InfoNCE against the targets plus a static bank of negatives
+    Values the seed does not give are ours (the method's docstring, README); the attribute vocabulary defaults to
+    the garment benchmark's (zscir_jax.data.garments)."""
+    from zscir_jax.data import garments
+    from zscir_jax.methods import fashion as fashion_lib
+
+    c = base("fashion")
+    c.model.fashion = ml_collections.ConfigDict(dict(
+        attributes=garments.ATTRIBUTES, prompt="clip", joiner="that", image_weight=1.0, text_weight=1.0,
+        bank_size=32768, bank_dtype="float32", init_from=""))
+    c.loss = ml_collections.ConfigDict(dict(name="info_nce", temperature=0.01))
+    c.optim.update(groups=fashion_lib.GROUPS, finetune="both", weight_decay=0.05)
+    c.optim.lr = ml_collections.ConfigDict(dict(text_tower=1e-5, image_tower=1e-5))
+    c.stages = ml_collections.ConfigDict()
+    c.stages.fashion_align = ml_collections.ConfigDict(dict(
+        method="fashion_align", output="model.fashion.init_from", evaluate=False,
+        optim=dict(groups=CLIP_GROUPS, finetune="both", lr=dict(text_tower=1e-5, image_tower=1e-5)),
+        train=dict(steps=2000)))
+    c.eval.compare = ("image_only", "text_only", "image_plus_text")
+    c.eval.untrained = True
+    return c
+
+
 def tiny(method: str = "pvlf") -> ml_collections.ConfigDict:
     """A seconds-long config on synthetic arrays (tests, notebooks): tiny random CLIP, small fusion, no eval."""
     c = transagg() if method == "transagg" else mvftji() if method == "mvftji" else base(method)

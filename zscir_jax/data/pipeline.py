@@ -22,6 +22,7 @@ import dataclasses
 import logging
 import os
 import threading
+import zlib
 from typing import Any, Callable, Sequence
 
 import grain
@@ -89,6 +90,13 @@ class PipelineStats:
     def __setstate__(self, d):
         self.__dict__.update(d)
         self._lock = threading.Lock()
+
+
+def image_key(path: str) -> int:
+    """A non-negative int32 naming an image path as the records spell it: a batch's ``target_key`` against a static
+    bank's keys tells which bank entry is a row's own target (``methods.fashion``). CRC-32: two of 50k paths share a
+    key with probability ~0.5, which costs one negative, never a wrong positive."""
+    return zlib.crc32(path.encode("utf-8")) & 0x7FFFFFFF
 
 
 def _resolve(path: str, image_root: str | None) -> str:
@@ -169,6 +177,7 @@ class _TripletTransform(_Decode):
         out = {"reference_pixels": self.pixels(r.reference_image), "text_ids": ids, "text_mask": mask,
                "target_pixels": target, "has_target_image": np.bool_(has_target),
                "target_text_ids": tids, "target_text_mask": tmask, "has_target_text": np.bool_(bool(r.target_text)),
+               "target_key": np.int32(image_key(r.target_image) if has_target else -1),
                **self.extra_fields(r.modification_text)}
         if isinstance(self.tokenizer, dict) and "caption" in self.tokenizer:
             out["caption_ids"], out["caption_mask"] = self.tokens(r.caption or "", "caption")

@@ -131,7 +131,7 @@ def read_pairs(path: str, image_root: str) -> list[tuple[str, str, str]]:
 def load_pairs(config):
     """[(image path, caption)]: ``config.data.pairs`` (a JSONL of {"image", "caption"} or a CSV image,caption;
     relative paths under ``config.data.image_dir``; a missing caption is "") when set, else the scenes benchmark's
-    train pairs at ``config.data.pairs_root``."""
+    train pairs at ``config.data.pairs_root`` (or the garment benchmark's, ``data.garments``)."""
     if config.data.get("pairs"):
         path = os.path.expanduser(config.data.pairs)
         rows = read_pairs(path, os.path.expanduser(config.data.get("image_dir", "") or ""))
@@ -139,9 +139,12 @@ def load_pairs(config):
     if not config.data.get("pairs_root"):
         raise UserError("no image-caption pairs: set config.data.pairs (a JSONL / CSV of image, caption) or "
                         "config.data.pairs_root (a scenes benchmark)")
-    from zscir_jax.data import scenes
+    from zscir_jax.data import garments, scenes
 
-    return scenes.train_pairs(config.data.pairs_root)
+    root = config.data.pairs_root
+    if os.path.isfile(os.path.join(root, "garments", "train.json")):  # the garment benchmark (fashion demo)
+        return garments.train_pairs(root)
+    return scenes.train_pairs(root)
 
 
 def tokenizers_for(config, method) -> dict:

@@ -1,7 +1,10 @@
 """The demo's preparation stages (``config.prepare``): everything a run needs that no download can give offline.
 
-1. build the synthetic scenes benchmark in ``<workdir>/scenes``, in the official CIRR, FashionIQ and CIRCO layouts
-2. synthesise training triplets from its train image-caption pairs with the rule-based generator
+1. build the synthetic scenes benchmark in ``<workdir>/scenes``, in the official CIRR, FashionIQ and CIRCO layouts;
+   or with ``config.prepare.world="garments"`` the garment benchmark (``data.garments``) in ``<workdir>/garments``,
+   FashionIQ layout only (the fashion demo)
+2. synthesise training triplets from its train image-caption pairs with the rule-based generator (scenes only: the
+   garment world's triplets come from ``config.prepare.synthesis``, step 5)
 3. train a word tokenizer on the train captions and triplet texts
 4. warm up a tiny CLIP contrastively on the train pairs (``config.warmup``), standing in for a pretrained VLM, and
    export it to ``<workdir>/clip_pretrain/export``
@@ -21,44 +24,43 @@ import os
 import jax
 from absl import logging
 
+from zscir_jax.errors import UserError
 from zscir_jax.train import writers
+
+WORLDS = ("scenes", "garments")
 
 
 def run(config, workdir: str) -> None:
     from zscir_jax import sharding
-    from zscir_jax.data import scenes, tokenizer, triplets
+    from zscir_jax.data import tokenizer
     from zscir_jax.methods import base
-    from zscir_jax.synthesis import rule_based
     from zscir_jax.train import trainer
 
-    writers.say(f"demo: preparing the scenes benchmark, triplets, tokenizer and CLIP in {workdir}")
     p = config.prepare
     seed = int(p.get("seed", config.seed))  # the benchmark's and warm-up's; config.seed is the trained method's
-    root = os.path.join(workdir, "scenes")
-    scenes.build(root, num_train=p.num_train, num_val_queries=p.num_val_queries, num_test_queries=p.num_test_queries,
-                 image_size=p.render_size, seed=seed)
-    pairs = scenes.train_pairs(root)
-
-    triplet_path = os.path.join(workdir, "triplets", "rule_based.jsonl")
-    if not os.path.isfile(triplet_path):
-        records = rule_based.generate(root, seed=seed, max_per_image=p.triplets_per_image)
-        logging.info("rule-based synthesis: %s", getattr(records, "stats", len(records)))
-        if jax.process_index() == 0:
-            triplets.write_jsonl(records, triplet_path)
-    records = triplets.read_jsonl(triplet_path)
+    world = p.get("world", "scenes")
+    if world not in WORLDS:
+        raise UserError(f"config.prepare.world={world!r}: allowed values are {', '.join(WORLDS)}")
+    writers.say(f"demo: preparing the {world} benchmark, triplets, tokenizer and CLIP in {workdir}")
+    if world == "garments":
+        root, layouts, records, texts = _garments(p, seed, workdir)
+    else:
+        root, layouts, records, texts = _scenes(p, seed, workdir)
+        config.data.triplets = os.path.join(workdir, "triplets", "rule_based.jsonl")
 
     tok_dir = os.path.join(workdir, "tokenizer")
     if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
-        texts = [c for _, c in pairs] + [t for r in records for t in _texts(r)]
-        tokenizer.build_word_tokenizer(texts, tok_dir, max_length=config.data.max_length)
+        tokenizer.build_word_tokenizer(texts + [t for r in records for t in _texts(r)], tok_dir,
+                                       max_length=config.data.max_length)
     tok = tokenizer.Tokenizer.from_dir(tok_dir, config.data.max_length)
 
     config.data.tokenizer = tok_dir
-    config.data.triplets = triplet_path
     config.data.pairs_root = root
-    layouts = {"cirr": root, "fashioniq": scenes.fashioniq_root(root), "circo": scenes.circo_root(root)}
-    for entry in (config.get("evals") or {}).values():
+    for name, entry in (config.get("evals") or {}).items():
         if not entry.get("root"):
+            if entry.reader not in layouts:
+                raise UserError(f"config.evals.{name}.reader={entry.reader!r}: the {world} benchmark has only the "
+                                f"{', '.join(layouts)} layout(s); set config.evals.{name}.root or remove the entry")
             entry.root = layouts[entry.reader]
     tiny = config.model.clip_tiny
     tiny.vocab_size, tiny.eos_token_id, tiny.max_length = tok.vocab_size, tok.eos_token_id, config.data.max_length
@@ -80,7 +82,7 @@ def run(config, workdir: str) -> None:
         config.model.clip_path = export
 
     for synth in (p.get("synthesis"), (config.get("joint") or {}).get("synthesis")):
-        if synth is not None and synth.data.kind == "scenes":
+        if synth is not None and synth.data.kind == world:
             align_synthesis(synth, p, seed, root)
     if p.get("synthesis"):
         from zscir_jax.synthesis import engine
@@ -92,11 +94,42 @@ def run(config, workdir: str) -> None:
         config.model.mllm_path = demo_mllm.build_or_reuse(p.synthesis, workdir)
 
 
+def _scenes(p, seed: int, workdir: str):
+    """The scenes benchmark and its rule-based triplets: (root, reader -> root, records, tokenizer texts)."""
+    from zscir_jax.data import scenes, triplets
+    from zscir_jax.synthesis import rule_based
+
+    root = os.path.join(workdir, "scenes")
+    scenes.build(root, num_train=p.num_train, num_val_queries=p.num_val_queries, num_test_queries=p.num_test_queries,
+                 image_size=p.render_size, seed=seed)
+    triplet_path = os.path.join(workdir, "triplets", "rule_based.jsonl")
+    if not os.path.isfile(triplet_path):
+        records = rule_based.generate(root, seed=seed, max_per_image=p.triplets_per_image)
+        logging.info("rule-based synthesis: %s", getattr(records, "stats", len(records)))
+        if jax.process_index() == 0:
+            triplets.write_jsonl(records, triplet_path)
+    layouts = {"cirr": root, "fashioniq": scenes.fashioniq_root(root), "circo": scenes.circo_root(root)}
+    return root, layouts, triplets.read_jsonl(triplet_path), [c for _, c in scenes.train_pairs(root)]
+
+
+def _garments(p, seed: int, workdir: str):
+    """The garment benchmark (FashionIQ layout): (root, reader -> root, no records, tokenizer texts: the train
+    captions and every phrase the garment grammar can write, so the triplets the synthesis writes later are known
+    words)."""
+    from zscir_jax.data import garments
+
+    root = os.path.join(workdir, "garments")
+    garments.build(root, num_train=p.num_train, num_val_queries=p.num_val_queries,
+                   num_test_queries=p.num_test_queries, image_size=p.render_size, seed=seed)
+    texts = [c for _, c in garments.train_pairs(root)] + list(garments.phrase_texts())
+    return root, {"fashioniq": root}, [], texts
+
+
 def align_synthesis(synth, p, seed: int, root: str) -> None:
     """A synthesis config on the scenes (and the demo MLLM it builds) reads the benchmark this preparation built:
     its own ``data.scenes`` would otherwise rebuild ``root`` with other parameters under the run's feet."""
     synth.data.root = root
-    synth.data.scenes.update(num_train=int(p.num_train), num_val_queries=int(p.num_val_queries),
+    synth.data[p.get("world", "scenes")].update(num_train=int(p.num_train), num_val_queries=int(p.num_val_queries),
                              num_test_queries=int(p.num_test_queries), image_size=int(p.render_size), seed=seed)
 
 

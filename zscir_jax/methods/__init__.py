@@ -3,7 +3,8 @@ a method up by name once and never branch on it."""
 from __future__ import annotations
 
 from zscir_jax.errors import UserError
-from zscir_jax.methods import baselines, clip_pretrain, collm, distillcir, mvftji, pic2word, pvlf, transagg
+from zscir_jax.methods import (baselines, clip_pretrain, collm, distillcir, fashion, mvftji, pic2word, pvlf,
+                               transagg)
 from zscir_jax.methods.surface import Method
 
 REGISTRY: dict[str, Method] = {m.name: m for m in (
@@ -18,6 +19,8 @@ REGISTRY: dict[str, Method] = {m.name: m for m in (
     pic2word.METHOD,
     distillcir.TEACHER,
     distillcir.METHOD,
+    fashion.ALIGN,
+    fashion.METHOD,
 )}
 
 

@@ -20,6 +20,9 @@ The trainer and the evaluator see a method only through this record, never throu
     export(model, config, out_dir) -> path                    optional: what a later stage reads from this method
                                                               when it runs as one of ``config.stages``
                                                               (``train.stages``): weights, features...
+    reads_data_at_build: bool                                 True: ``build`` reads the training data itself (the
+                                                              fashion method's static bank), so the trainer builds it
+                                                              eagerly, never inside a jit
     explain(model, config, benchmark, path) -> path           optional: a picture of how the trained model reads a
                                                               few of the benchmark's queries (DistillCIR's attention),
                                                               written next to its evaluation output
@@ -63,6 +66,7 @@ class Method:
     templates: Optional[Callable[[Any], Mapping[str, tuple]]] = None  # {prefix: (template, append_eos)}
     export: Optional[Callable[..., str]] = None  # (model, config, out_dir) -> path, for config.stages
     explain: Optional[Callable[..., str]] = None  # (model, config, benchmark, path) -> path of a picture
+    reads_data_at_build: bool = False  # build reads files beyond weights: the trainer never traces it in a jit
 
     def __post_init__(self):
         pairs = self.text_fields.items() if isinstance(self.text_fields, Mapping) else self.text_fields

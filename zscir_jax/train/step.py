@@ -57,7 +57,8 @@ def build(method, config, mesh, tx, *, abstract: bool = False) -> TrainState:
         if abstract:
             state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                                  abstract_state, shardings)
-        elif config.model.get("clip_path") or config.model.get("mllm_path"):  # weights read eagerly
+        elif config.model.get("clip_path") or config.model.get("mllm_path") or method.reads_data_at_build:
+            # weights (or data) read eagerly
             state = jax.device_put(init(config), shardings)
         else:
             state = jax.jit(lambda: init(config), out_shardings=shardings)()
