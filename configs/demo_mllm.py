@@ -19,7 +19,12 @@ Settings (see ``zscir_jax.demo.mllm.settings`` for the values):
     eval           held-out VAL evaluation into WORKDIR/demo_mllm/quality.json: num_images, num_text, batch_size,
                    max_new_tokens per task (0 images and 0 text prompts: skipped)
     prepare        config (the demo config whose preparation builds the scenes and warms up the CLIP: this
-                   directory's demo.py), arg (its argument), overrides (((dotted key, value), ...) applied to it)
+                   directory's demo.py), garments_config (the same for the garments world, a synthesis config with
+                   data.kind=garments: this directory's fashion_demo.py), arg (its argument), overrides (((dotted key,
+                   value), ...) applied to it)
+
+On a synthesis config with ``data.kind="garments"`` it is taught on the garments' train split instead, only the
+fashion recipe's attributes and relative tasks (``zscir_jax.demo.mllm_garments``).
 """
 import os
 
@@ -33,6 +38,7 @@ def settings(smoke: bool = False) -> ml_collections.ConfigDict:
 
     s = mllm.settings(smoke)
     s.prepare.config = os.path.join(HERE, "demo.py")
+    s.prepare.garments_config = os.path.join(HERE, "fashion_demo.py")
     return s
 
 

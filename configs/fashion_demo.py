@@ -7,8 +7,8 @@ toptee): attribute-aware triplets from the fashion recipe, stage 1 (CLIP aligned
 
 Stages: build the garments -> a word tokenizer -> warm up a tiny CLIP on the train images' captions -> the fashion
 recipe writes triplets (the rule_based backend reads each image's attributes off the benchmark exactly: what the
-MLLM is asked for, without its mistakes) -> fashion_align (stage 1) -> fashion_no_bank, fashion_stage2_only, pvlf
--> fashion (stage 2 from stage 1, with the bank).
+MLLM is asked for, without its mistakes; with ``mllm_data`` the demo MLLM answers instead) -> fashion_align (stage 1)
+-> fashion_no_bank, fashion_stage2_only, pvlf -> fashion (stage 2 from stage 1, with the bank).
 
 Rows of WORKDIR/results.json, each with the FashionIQ keys (dress/recall@10, ..., average/recall@50):
     fashion              two stages, with the static bank
@@ -18,7 +18,14 @@ Rows of WORKDIR/results.json, each with the FashionIQ keys (dress/recall@10, ...
     pvlf                 PVLF (the demo's settings) trained on the same triplets
     image_only, text_only, image_plus_text   the warmed-up CLIP, training-free
 
-Arguments: ``smoke`` (about two minutes: fewer garments and steps everywhere).
+Arguments (comma-separated, e.g. ``:smoke,mllm_data``):
+    smoke      about two minutes: fewer garments and steps everywhere
+    mllm_data  the triplets come from the demo MLLM (``zscir_jax.demo.mllm``, ``backend.kind=demo_mllm``) built in
+               WORKDIR/demo_mllm on the garments' train split, taught only the fashion recipe's two prompts
+               (attributes, relative: ``zscir_jax.demo.mllm_garments``): its reading of the images, mistakes
+               included, instead of the exact lists. Its held-out quality is in WORKDIR/demo_mllm/quality.json.
+               Ours: 600 steps (full: about 5 minutes more on 2 CPU cores, build and generation), 150 in the
+               smoke setting (about a minute more). Give it its own workdir (the triplets differ).
 """
 import os
 import runpy
@@ -30,17 +37,23 @@ import common  # noqa: E402
 import demo  # noqa: E402
 import ml_collections  # noqa: E402
 
-FLAGS = ("smoke",)
+FLAGS = ("smoke", "mllm_data")
+FASHION_TASKS = ("attributes", "relative")  # the demo MLLM tasks of the fashion recipe (zscir_jax.demo.mllm_garments)
 
 
-def synthesis(smoke: bool):
-    """configs/synth/fashion.py on the garments with the rule_based backend (exact attribute lists)."""
+def synthesis(smoke: bool, mllm_data: bool = False):
+    """configs/synth/fashion.py on the garments with the rule_based backend (exact attribute lists), or with
+    ``mllm_data`` the demo MLLM trained on the garments, taught only the fashion prompts (ours: the step counts)."""
     s = runpy.run_path(os.path.join(HERE, "synth", "fashion.py"))["get_config"]("smoke" if smoke else "demo")
-    s.backend.kind = "rule_based"
     s.data.kind = "garments"
     s.limit = 0
     s.fashion.targets_per_image = 2  # ours: two targets per reference (the demo's train set is small)
     s.output.num_shards = 1
+    if mllm_data:
+        common.teach_demo_mllm(s, FASHION_TASKS)
+        s.demo_mllm.train.steps = 150 if smoke else 600
+        return s
+    s.backend.kind = "rule_based"
     if "demo_mllm" in s:
         del s["demo_mllm"]  # nothing here runs the demo MLLM
     return s
@@ -54,7 +67,7 @@ def get_config(arg=None):
     c.prepare = d.prepare
     c.prepare.update(world="garments", num_train=600 if smoke else 3000, num_val_queries=60 if smoke else 300,
                      num_test_queries=30)
-    c.prepare.synthesis = synthesis(smoke)
+    c.prepare.synthesis = synthesis(smoke, "mllm_data" in flags)
     c.warmup = d.warmup
     c.warmup.train.steps = 60 if smoke else 600
     c.model.clip_tiny = d.model.clip_tiny

@@ -25,6 +25,14 @@ weak on shape (small shapes are a few pixels at 32 px), edit texts in the traini
 reasoning (CoLLM's caption difference, DistillCIR's caption edit, relative captions), which stays near chance at this
 budget: use the rule-based backend, or far more steps (``--set train.steps=...``), where those matter.
 
+Worlds (``world_of(config)``, ``WORLDS``): the scenes, as above, unless the caller's config reads the garments
+(``data.kind="garments"`` of a synthesis config, ``prepare.world="garments"`` of a demo config). Then it is taught on
+the garments' TRAIN split (``data.garments``, built in ``<workdir>/garments`` by the garments' demo config,
+``configs/fashion_demo.py`` / ``prepare.garments_config``) only the fashion recipe's two prompts with the answers the
+rule-based garment backend gives (``demo.mllm_garments``: attribute lists, relative captions), every other task's
+weight set to 0, and ``quality.json`` holds the garment metrics (``evaluate_garments``, held-out VAL garments).
+``settings.json`` names the world and its benchmark's parameters, so neither world reuses the other's export.
+
 The tokenizer is trained here too: byte-level BPE whose merges run until every word of the prompts and answers is
 one token (word-level on everything the demo writes, bytes for anything else, so any prompt still tokenizes and
 decoding gives back the exact text, spaces, newlines and case included), specials ``<pad> <s> </s> <image>`` = ids
@@ -39,6 +47,7 @@ Output in ``<workdir>/demo_mllm/``: ``export/`` (``mllm.export``: parameters, to
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import hashlib
 import json
 import os
@@ -49,7 +58,7 @@ import shutil
 import threading
 import time
 from collections import Counter
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -58,9 +67,10 @@ import numpy as np
 import optax
 from flax import nnx
 
+from zscir_jax.data import garments
 from zscir_jax.data import images as image_io
 from zscir_jax.data import scenes
-from zscir_jax.demo import mllm_data
+from zscir_jax.demo import mllm_data, mllm_garments
 from zscir_jax.errors import UserError
 from zscir_jax.synthesis import prompts
 
@@ -119,21 +129,36 @@ def settings(smoke: bool = False) -> ml_collections.ConfigDict:
     # Held-out evaluation on VAL scenes into quality.json (0 images: skipped).
     s.eval = dict(num_images=0 if smoke else 200, num_text=0 if smoke else 100, batch_size=50,
                   max_new_tokens=dict(caption=48, modification=32, target=48, attributes=80, distillcir=112,
-                                      collm=40))
+                                      collm=40, relative=40))  # relative: the garments' (the scenes' use collm's)
     s.mesh_shape = (-1, 1, 1)
-    # The demo config whose preparation (scenes benchmark + CLIP warm-up) runs first: "" = the checkout's
-    # configs/demo.py, with ":smoke" for the smoke setting; scene parameters come from the caller's config.
-    s.prepare = dict(config="", arg="smoke" if smoke else "", overrides=())  # ((dotted key, value), ...)
+    # The demo config whose preparation (benchmark + CLIP warm-up) runs first, per world: "" = the checkout's
+    # configs/demo.py (scenes) / configs/fashion_demo.py (garments), with ":smoke" for the smoke setting; the
+    # benchmark's parameters come from the caller's config.
+    s.prepare = dict(config="", garments_config="", arg="smoke" if smoke else "",
+                     overrides=())  # ((dotted key, value), ...)
     return s
 
 
 def resolve_settings(config) -> ml_collections.ConfigDict:
-    """``settings(smoke)`` updated with the entries of ``config.demo_mllm`` (a ConfigDict / dict, or missing)."""
+    """``settings(smoke)`` updated with the entries of ``config.demo_mllm`` (a ConfigDict / dict, or missing); in the
+    garments world (:func:`world_of`) only its tasks keep their weights (the scene tasks have no garment answers)."""
     given = config.get("demo_mllm") if config is not None and hasattr(config, "get") else None
     given = dict(given.to_dict() if hasattr(given, "to_dict") else (given or {}))
     s = settings(bool(given.get("smoke", False)))
     _update(s, given, "config.demo_mllm")
+    world = world_of(config)
+    if world.name != "scenes":
+        teach_only(s, world.supervision.TASKS)
     return s
+
+
+def teach_only(s: ml_collections.ConfigDict, tasks: Sequence[str]) -> None:
+    """Weight 0 for every task not in ``tasks`` and every batch shape (group) holding none of them (the same rule
+    as ``configs/common.py::teach_demo_mllm``)."""
+    t = s.train
+    t.task_weights = {k: (v if k in tasks else 0.0) for k, v in t.task_weights.items()}
+    t.group_weights = {g: (v if set(str(t.groups[g]).split(",")) & set(tasks) else 0.0)
+                       for g, v in t.group_weights.items()}
 
 
 _OPEN = ("groups", "group_weights", "task_weights")  # maps whose keys a user may add to
@@ -151,14 +176,17 @@ def _update(cfg: ml_collections.ConfigDict, values: dict, where: str, open_keys:
             cfg[k] = v
 
 
-def fingerprint(s: ml_collections.ConfigDict, scene_params: dict) -> dict:
-    """What an export was built from (``settings.json``); evaluation-only knobs left out."""
+def fingerprint(s: ml_collections.ConfigDict, scene_params: dict, world: str = "scenes") -> dict:
+    """What an export was built from (``settings.json``); evaluation-only knobs left out. ``scene_params``: the
+    benchmark's parameters; another world than the scenes is named, so no world reuses another's export."""
     d = s.to_dict()
     for k in ("eval", "prepare"):
         d.pop(k, None)
     d["train"] = {k: v for k, v in d["train"].items() if k not in ("log_every", "checkpoint_every", "prefetch")}
     d["mesh_shape"] = None  # the result does not depend on the mesh
-    return json.loads(json.dumps({"settings": d, "scenes": scene_params}, sort_keys=True, default=list))
+    built = {"settings": d, "scenes": scene_params} if world == "scenes" else {
+        "settings": d, "world": world, world: scene_params}
+    return json.loads(json.dumps(built, sort_keys=True, default=list))
 
 
 # ---------------------------------------------------------------------------------------------------------- tokenizer
@@ -261,9 +289,11 @@ class Batches:
     checkpointer save the stream's position.
     """
 
-    def __init__(self, s, processor, pool: Sequence[scenes.Scene], pixels: np.ndarray, data_parallel: int = 1):
+    def __init__(self, s, processor, pool: Sequence[scenes.Scene], pixels: np.ndarray, data_parallel: int = 1,
+                 supervisor=None):
+        """``supervisor``: draws the examples (``example(task, rng)``); default the scenes' over ``pool``."""
         self.s, self.processor, self.pixels = s, processor, pixels
-        self.sup = mllm_data.Supervisor(pool, collm_far=s.train.collm_far)
+        self.sup = supervisor or mllm_data.Supervisor(pool, collm_far=s.train.collm_far)
         self.seed = int(s.seed)
         self.step = 0
         gw = dict(s.train.group_weights)
@@ -423,10 +453,12 @@ def _compile_step(graphdef, shardings, mesh, state_target, spec: dict):
         return fn.lower(state_target, batch).compile()
 
 
-def train(s, scenes_root: str, clip_export: str | None, out_dir: str, mesh=None, *, progress: bool = True):
+def train(s, scenes_root: str, clip_export: str | None, out_dir: str, mesh=None, *, progress: bool = True,
+          world: "World | None" = None):
     """Trains the demo MLLM in ``out_dir`` (resuming from its checkpoints) and returns (model, processor, stats).
 
     ``out_dir/tokenizer`` is built first when absent. ``mesh``: default ``sharding.make_mesh(s.mesh_shape)``.
+    ``world``: what ``scenes_root`` holds and the examples taught on it (default the scenes).
     """
     from zscir_jax import sharding
     from zscir_jax.methods import base
@@ -440,15 +472,13 @@ def train(s, scenes_root: str, clip_export: str | None, out_dir: str, mesh=None,
 
     t0 = time.perf_counter()
     mesh = mesh if mesh is not None else sharding.make_mesh(tuple(s.mesh_shape))
-    train_scenes = scenes.load_scenes(scenes_root, "train")
-    paths = scenes.image_paths(scenes_root, "train")
-    names = sorted(train_scenes)  # a fixed order whatever the JSON's
-    pool = [train_scenes[n] for n in names]
-    image_size = _image_size(paths[names[0]])
+    world = world or WORLDS["scenes"]
+    pool, image_files = world.load_split(scenes_root, "train")
+    image_size = _image_size(image_files[0])
 
     tok_dir = os.path.join(out_dir, "tokenizer")
     if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
-        corpus = mllm_data.corpus(pool, np.random.default_rng([int(s.seed), 7]), int(s.tokenizer.per_task))
+        corpus = world.supervision.corpus(pool, np.random.default_rng([int(s.seed), 7]), int(s.tokenizer.per_task))
         if jax.process_index() == 0:
             build_tokenizer(corpus, tok_dir + ".tmp")
             shutil.rmtree(tok_dir, ignore_errors=True)
@@ -467,9 +497,9 @@ def train(s, scenes_root: str, clip_export: str | None, out_dir: str, mesh=None,
     cfg = model_config(s, vision, len(tokenizer))
     processor = mllm.Processor(tokenizer, image_token_id=IMAGE_ID, image_seq_length=cfg.image_seq_length,
                                preprocessor_config=preprocessor_config(image_size), vision_image_size=image_size)
-    pixels = processor.pixels([paths[n] for n in names])
+    pixels = processor.pixels(image_files)
     dp = int(np.prod([mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape]))
-    batches = Batches(s, processor, pool, pixels, data_parallel=dp)
+    batches = Batches(s, processor, pool, pixels, data_parallel=dp, supervisor=world.supervisor(s, pool))
 
     steps = int(s.train.steps)
     tx, schedules = optim_lib.make(_optim_config(s), steps)
@@ -480,7 +510,7 @@ def train(s, scenes_root: str, clip_export: str | None, out_dir: str, mesh=None,
         state = jax.device_put(state, shardings)
     del model
     ckpt = ckpt_lib.Checkpointer(os.path.join(out_dir, "checkpoints"), every=int(s.train.checkpoint_every), keep=1)
-    what = fingerprint(s, {"root": os.path.abspath(scenes_root), "num_train": len(pool)})
+    what = fingerprint(s, {"root": os.path.abspath(scenes_root), "num_train": len(pool)}, world.name)
     meta = {"fingerprint": hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()}
     latest = ckpt.latest_step()
     start = 0
@@ -744,46 +774,171 @@ def _plausible_edits(scene: scenes.Scene, text: str) -> list[scenes.Edit]:
     return out
 
 
+def evaluate_garments(model, processor, garments_root: str, s) -> dict:
+    """Greedy decoding on held-out VAL garments (their images never trained on) -> the quality numbers:
+
+    attributes_parsable / _exact    FASHION_ATTRIBUTES: one valid garment's list / exactly the true list
+    attribute_accuracy              per key: the share of lists naming the true value (an unparsable one: wrong)
+    relative_parsable               FASHION_RELATIVE (two lists 1..2 values apart, drawn as for training): one line
+    relative_correct                one of the captions ``garments.relative_caption`` can give (any phrasing)
+    relative_names_changes          names every changed attribute's new value (in a phrasing), whatever else it says
+    examples                        a few (gold, output) pairs per task
+
+    The relative prompts hold VAL garments' lists; with 2160 possible garments most lists also occur in training
+    (the task is text-only: what it measures is the rule, not the lists).
+    """
+    e = s.eval
+    val, val_images = WORLDS["garments"].load_split(garments_root, "val")
+    rng = np.random.default_rng([int(s.seed), 1234])
+    pick = [int(i) for i in rng.choice(len(val), size=min(int(e.num_images), len(val)), replace=False)]
+    mx = dict(e.max_new_tokens)
+    q: dict[str, Any] = {"world": "garments", "val_images": len(pick)}
+    examples: dict[str, list] = {}
+
+    def run(task, items, golds, max_new):
+        outs = [o.strip() for o in generate(model, processor, items, max_new, int(e.batch_size))]
+        examples[task] = [{"gold": g if isinstance(g, str) else sorted(g)[0], "output": o}
+                          for g, o in list(zip(golds, outs))[:3]]
+        return outs
+
+    def mean(xs):
+        return float(np.mean(xs)) if len(xs) else 0.0
+
+    if pick:
+        gold = [val[i] for i in pick]
+        outs = run("attributes", [(prompts.FASHION_ATTRIBUTES, val_images[i]) for i in pick],
+                   [mllm_garments.attributes_answer(g) for g in gold], mx["attributes"])
+        items = [_first_item(o) for o in outs]
+        q["attributes_parsable"] = mean([_parses(mllm_garments.parse_attributes, o) for o in outs])
+        q["attributes_exact"] = mean([o == mllm_garments.attributes_answer(g) for o, g in zip(outs, gold)])
+        q["attribute_accuracy"] = {k: mean([it.get(k) == getattr(g, k) for it, g in zip(items, gold)])
+                                   for k in garments.KEYS}
+    k = min(int(e.num_text), len(val))
+    q["val_text_prompts"] = k
+    if k:
+        pairs = [mllm_garments.random_pair(val, rng, int(i)) for i in rng.choice(len(val), size=k, replace=False)]
+        golds = [mllm_garments.relative_phrasings(r, t) for r, t in pairs]
+        outs = run("relative", [(mllm_garments.relative_prompt(r, t), None) for r, t in pairs], golds,
+                   mx.get("relative", mx["collm"]))
+        q["relative_parsable"] = mean([_parses(lambda t: prompts.one_line(t, "relative"), o) for o in outs])
+        q["relative_correct"] = mean([o in g for o, g in zip(outs, golds)])
+        q["relative_names_changes"] = mean([mllm_garments.named_changes(r, t, o) for (r, t), o in zip(pairs, outs)])
+    q["examples"] = examples
+    return q
+
+
+def _first_item(text: str) -> dict[str, str]:
+    """The first item of an attribute list ({} when it does not parse)."""
+    try:
+        return prompts.attributes(text)["items"][0]
+    except prompts.ParseError:
+        return {}
+
+
+# ---------------------------------------------------------------------------------------------------------- worlds
+
+def _scene_split(root: str, split: str) -> tuple[list[scenes.Scene], list[str]]:
+    """(scenes, their image paths) of one split, in name order (a fixed order whatever the JSON's)."""
+    items, paths = scenes.load_scenes(root, split), scenes.image_paths(root, split)
+    names = sorted(items)
+    return [items[n] for n in names], [paths[n] for n in names]
+
+
+def _garment_split(root: str, split: str) -> tuple[list[garments.Garment], list[str]]:
+    """(garments, their image paths) of one split, in name order."""
+    items = garments.load_garments(root, split)
+    names = sorted(items)
+    return [items[n] for n in names], [garments.image_path(root, n) for n in names]
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """A benchmark the demo MLLM can be taught on: its train items and images, its supervision (a module with
+    ``TASKS``, ``corpus``), its demo config (the preparation that builds it and warms up the CLIP) and its held-out
+    evaluation. ``world_of(config)`` picks one."""
+
+    name: str  # also the benchmark's directory in the workdir and its config key (config.data.<name>)
+    supervision: Any
+    supervisor: Callable  # (settings, train pool) -> a Supervisor
+    load_split: Callable[[str, str], tuple[list, list[str]]]  # (root, split) -> (items, image paths), name order
+    demo_config_key: str  # the settings' prepare.<key> naming its demo config ("" = default_demo_config)
+    default_demo_config: str  # a file of the checkout's configs/
+    evaluate: Callable  # (model, processor, root, settings) -> quality numbers
+    summary_keys: tuple[str, ...]  # the quality numbers the build's last log line shows
+
+
+WORLDS: dict[str, World] = {
+    "scenes": World("scenes", mllm_data, lambda s, pool: mllm_data.Supervisor(pool, collm_far=s.train.collm_far),
+                    _scene_split, "config", "demo.py", lambda *a: evaluate(*a),
+                    ("caption_token_f1", "target_token_f1", "modification_valid")),
+    "garments": World("garments", mllm_garments, lambda s, pool: mllm_garments.Supervisor(pool), _garment_split,
+                      "garments_config", "fashion_demo.py", lambda *a: evaluate_garments(*a),
+                      ("attributes_exact", "relative_correct", "relative_names_changes")),
+}
+
+
+def world_of(config) -> World:
+    """The garments when the caller's config reads them (``data.kind`` of a synthesis config, ``prepare.world`` of a
+    demo config), else the scenes."""
+    get = config.get if config is not None and hasattr(config, "get") else (lambda *_: None)
+    data, prep = get("data") or {}, get("prepare") or {}
+    if data.get("kind") == "garments" or prep.get("world") == "garments":
+        return WORLDS["garments"]
+    return WORLDS["scenes"]
+
+
 # ---------------------------------------------------------------------------------------------------------- build
 
-def _default_demo_config() -> str:
+def _default_demo_config(world: World | None = None) -> str:
     return os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                        "configs", "demo.py")
+                        "configs", (world or WORLDS["scenes"]).default_demo_config)
 
 
-def scene_params(config, s) -> dict:
-    """The scenes benchmark's parameters: the caller's ``config.data.scenes`` (synthesis configs), its
-    ``config.prepare`` (demo configs), else the demo config's."""
+_BUILD_DEFAULTS = {"scenes": dict(num_train=3000, num_val_queries=300, num_test_queries=10, image_size=32, seed=0),
+                   "garments": dict(num_train=3000, num_val_queries=300, num_test_queries=30, image_size=32, seed=0)}
+
+
+def scene_params(config, s, world: World | None = None) -> dict:
+    """The benchmark's parameters (the scenes', or ``world``'s): the caller's ``config.data.<world>`` (synthesis
+    configs), its ``config.prepare`` (demo configs), else the world's demo config's."""
+    world = world or WORLDS["scenes"]
     data = config.get("data") if config is not None and hasattr(config, "get") else None
-    if data is not None and data.get("scenes"):
-        d = dict(data.scenes)
-        return {"num_train": int(d.get("num_train", 3000)), "num_val_queries": int(d.get("num_val_queries", 300)),
-                "num_test_queries": int(d.get("num_test_queries", 10)), "image_size": int(d.get("image_size", 32)),
-                "seed": int(d.get("seed", 0))}
-    demo = _load_demo_config(s) if config is None or not config.get("prepare") else config
+    if data is not None and data.get(world.name):
+        d, dflt = dict(data[world.name]), _BUILD_DEFAULTS[world.name]
+        return {k: int(d.get(k, v)) for k, v in dflt.items()}
+    demo = _load_demo_config(s, world) if config is None or not config.get("prepare") else config
     p = demo.prepare
     return {"num_train": int(p.num_train), "num_val_queries": int(p.num_val_queries),
             "num_test_queries": int(p.num_test_queries), "image_size": int(p.render_size),
             "seed": int(p.get("seed", demo.seed))}
 
 
-def _load_demo_config(s):
-    path = os.path.expanduser(s.prepare.config or _default_demo_config())
+def _load_demo_config(s, world: World | None = None):
+    world = world or WORLDS["scenes"]
+    key = world.demo_config_key
+    path = os.path.expanduser(s.prepare.get(key) or _default_demo_config(world))
     if not os.path.isfile(path):
-        raise UserError(f"the demo MLLM prepares the scenes and the warm CLIP with the demo config, not found at "
-                        f"{path}; set config.demo_mllm.prepare.config to configs/demo.py of a zscir_jax checkout")
+        raise UserError(f"the demo MLLM prepares the {world.name} and the warm CLIP with the demo config, not found at "
+                        f"{path}; set config.demo_mllm.prepare.{key} to configs/{world.default_demo_config} of a "
+                        "zscir_jax checkout")
     return runpy.run_path(path)["get_config"](s.prepare.arg or None)
 
 
-def prepare(config, workdir: str, s, params: dict) -> tuple[str, str | None]:
-    """The demo's preparation (``demo.prepare.run``: scenes in ``workdir/scenes``, CLIP warm-up) for scenes of
-    ``params``; returns (scenes root, CLIP export or None when the demo config has no warm-up)."""
+def prepare(config, workdir: str, s, params: dict, world: World | None = None) -> tuple[str, str | None]:
+    """The demo's preparation (``demo.prepare.run``: the benchmark in ``workdir/<world>``, CLIP warm-up) for a
+    benchmark of ``params`` (the scenes, or ``world``'s); returns (benchmark root, CLIP export or None when the demo
+    config has no warm-up). The garments' demo config runs without its synthesis, which may be what asked for this
+    MLLM."""
     from zscir_jax.demo import prepare as demo_prepare
     from zscir_jax.methods import base
 
-    demo = (config if config is not None and config.get("prepare") and config.get("warmup")
-            else _load_demo_config(s)).copy_and_resolve_references()
+    world = world or WORLDS["scenes"]
+    given = config is not None and config.get("prepare") and config.get("warmup") and world_of(config) is world
+    demo = (config if given else _load_demo_config(s, world)).copy_and_resolve_references()
     with demo.unlocked():
+        if world.name != "scenes":
+            demo.prepare.synthesis = None
+            demo.prepare.mllm_as_model = False
         demo.prepare.update(num_train=params["num_train"], num_val_queries=params["num_val_queries"],
                             num_test_queries=params["num_test_queries"], render_size=params["image_size"])
         demo.seed = demo.prepare.seed = params["seed"]
@@ -795,7 +950,7 @@ def prepare(config, workdir: str, s, params: dict) -> tuple[str, str | None]:
             node[last] = value
     demo_prepare.run(demo, workdir)
     export = os.path.join(workdir, "clip_pretrain", "export")
-    return os.path.join(workdir, "scenes"), export if os.path.isfile(os.path.join(export, base.EXPORT_MARKER)) else None
+    return os.path.join(workdir, world.name), export if os.path.isfile(os.path.join(export, base.EXPORT_MARKER)) else None
 
 
 def build_or_reuse(config, workdir: str, *, mesh=None, progress: bool = True) -> str:
@@ -810,10 +965,11 @@ def build_or_reuse(config, workdir: str, *, mesh=None, progress: bool = True) ->
     from zscir_jax.train import writers
 
     s = resolve_settings(config)
-    params = scene_params(config, s)
+    world = world_of(config)
+    params = scene_params(config, s, world)
     out_dir = os.path.join(os.path.abspath(os.path.expanduser(workdir)), DIRNAME)
     export_dir = os.path.join(out_dir, "export")
-    want = fingerprint(s, params)
+    want = fingerprint(s, params, world.name)
     settings_path = os.path.join(out_dir, SETTINGS_FILE)
     have = _read_json(settings_path)
     if _is_export(export_dir) and have == want:
@@ -835,13 +991,13 @@ def build_or_reuse(config, workdir: str, *, mesh=None, progress: bool = True) ->
     cache._sync(f"demo-mllm-settings:{out_dir}")
 
     t0 = time.perf_counter()
-    root, clip_export = prepare(config, workdir, s, params)
+    root, clip_export = prepare(config, workdir, s, params, world)
     data_root = config.get("data", {}).get("root") if config is not None and hasattr(config, "get") else ""
     if data_root:
         root = os.path.expanduser(data_root)
     t_prep = time.perf_counter() - t0
     writers.say(f"demo MLLM: training on the train split of {root} into {out_dir}")
-    model, processor, stats = train(s, root, clip_export, out_dir, mesh, progress=progress)
+    model, processor, stats = train(s, root, clip_export, out_dir, mesh, progress=progress, world=world)
     t1 = time.perf_counter()
     mllm.export(model, export_dir, tokenizer_dir=os.path.join(out_dir, "tokenizer"),
                 preprocessor=processor.preprocessor_config)
@@ -851,17 +1007,16 @@ def build_or_reuse(config, workdir: str, *, mesh=None, progress: bool = True) ->
     if int(s.eval.num_images) or int(s.eval.num_text):
         t2 = time.perf_counter()
         reloaded, proc = mllm.load(export_dir), mllm.load_processor(export_dir)
-        quality.update(evaluate(reloaded, proc, root, s))
+        quality.update(world.evaluate(reloaded, proc, root, s))
         quality["eval_s"] = round(time.perf_counter() - t2, 2)
     if jax.process_index() == 0:
         _write_json(os.path.join(out_dir, QUALITY_FILE), quality)
-    writers.say(f"demo MLLM: exported to {export_dir} ({_summary(quality)})")
+    writers.say(f"demo MLLM: exported to {export_dir} ({_summary(quality, world.summary_keys)})")
     return export_dir
 
 
-def _summary(q: dict) -> str:
-    keys = ("caption_token_f1", "target_token_f1", "modification_valid")  # the rest: quality.json
-    parts = [f"train {q.get('train_s', 0):.0f} s"] + [f"{k} {q[k]:.2f}" for k in keys if k in q]
+def _summary(q: dict, keys: Sequence[str] = ("caption_token_f1", "target_token_f1", "modification_valid")) -> str:
+    parts = [f"train {q.get('train_s', 0):.0f} s"] + [f"{k} {q[k]:.2f}" for k in keys if k in q]  # rest: quality.json
     return ", ".join(parts)
 
 
