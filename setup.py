@@ -16,6 +16,7 @@ RUNTIME = [
     "transformers>=5.0",
     "safetensors>=0.5",
     "tokenizers>=0.21",
+    "sentencepiece>=0.2",  # SigLIP's tokenizer (spiece.model)
     "pillow>=10",
     "numpy>=1.26",
     "tqdm>=4.66",

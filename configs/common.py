@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import ml_collections
 
-# Parameter paths -> optimizer groups (first match wins). Fusion models hold the towers under `clip/`.
+# Parameter paths -> optimizer groups (first match wins). Fusion models hold the towers under `clip/` (any family:
+# CLIP's and SigLIP's text tower is text_model (+ text_projection), BLIP's text_encoder + text_proj).
 FUSION_GROUPS = (
-    (r"clip/(text_model|text_projection)(/.*)?", "text_tower"),
+    (r"clip/(text_model|text_projection|text_encoder|text_proj)(/.*)?", "text_tower"),
     (r"clip/.*", "image_tower"),  # vision tower, visual projection, logit scale
     (r".*", "fusion"),
 )
 CLIP_GROUPS = (
-    (r"(text_model|text_projection)(/.*)?", "text_tower"),
+    (r"(text_model|text_projection|text_encoder|text_proj)(/.*)?", "text_tower"),
     (r".*", "image_tower"),
 )
 
@@ -26,7 +27,8 @@ def base(method: str = "pvlf") -> ml_collections.ConfigDict:
     c.mesh = ml_collections.ConfigDict(dict(shape=(-1, 1, 1), rules=None))
 
     c.model = ml_collections.ConfigDict()
-    c.model.clip_path = ""  # a transformers / OpenCLIP / zscir_jax-exported CLIP; empty = random from clip_tiny
+    c.model.clip_path = ""  # a transformers CLIP / BLIP / SigLIP, an OpenCLIP or zscir_jax-exported towers
+    c.model.backbone = "clip"  # the family of random towers from clip_tiny: clip | blip | siglip (models.towers)
     c.model.mllm_path = ""  # a pretrained LLaVA (transformers dir or zscir_jax export) for MLLM-based methods
     c.model.clip_tiny = ml_collections.ConfigDict(dict(vocab_size=1000, image_size=32, patch_size=8, width=32,
                                                        layers=2, max_length=16, eos_token_id=2))

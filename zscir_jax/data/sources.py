@@ -36,9 +36,11 @@ def tokenizer_for(config, role: str = "clip"):
 
         return tok_lib.Tokenizer.from_dir(config.data.tokenizer, config.data.max_length)
     if config.model.get("clip_path"):
-        from zscir_jax.models import clip
+        from zscir_jax.methods import base
+        from zscir_jax.models import towers
 
-        return clip.load_tokenizer(config.model.clip_path, config.data.max_length)
+        path = config.model.clip_path
+        return towers.load_tokenizer(path, towers.family_of(path, base.EXPORT_MARKER), config.data.max_length)
     raise UserError("no tokenizer: set config.data.tokenizer (a word tokenizer directory) or config.model.clip_path")
 
 

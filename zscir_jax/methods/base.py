@@ -2,7 +2,6 @@
 config readers. The method surface itself is ``methods.surface.Method``."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
@@ -10,10 +9,10 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from zscir_jax.models import clip, fusion
+from zscir_jax.models import clip, fusion, towers
 from zscir_jax.weights import loader
 
-EXPORT_MARKER = "zscir_clip.json"  # a CLIP exported by this library (see export_towers)
+EXPORT_MARKER = "zscir_clip.json"  # towers exported by this library, any family (see export_towers; name kept)
 
 
 def dtypes(config):
@@ -21,9 +20,10 @@ def dtypes(config):
     return tuple(jnp.dtype(n) for n in names)
 
 
-def clip_config(config) -> clip.CLIPConfig:
-    """The towers' config for a fresh (randomly initialised) CLIP: ``config.model.clip_tiny`` keyword arguments."""
-    return clip.CLIPConfig.tiny(**dict(config.model.get("clip_tiny", {})))
+def clip_config(config):
+    """The towers' config for a fresh (randomly initialised) tower of ``config.model.backbone`` (default CLIP):
+    ``config.model.clip_tiny`` keyword arguments."""
+    return towers.tiny(config.model.get("backbone", "clip"), **dict(config.model.get("clip_tiny", {})))
 
 
 def skeleton(config):
@@ -35,36 +35,35 @@ def skeleton(config):
     return config
 
 
-def towers_config_from_path(path: str) -> clip.CLIPConfig | None:
+def towers_config_from_path(path: str):
+    """The tower config of our export or a transformers directory (any family), or None (an OpenCLIP file)."""
     if os.path.isfile(os.path.join(path, EXPORT_MARKER)):
         with open(os.path.join(path, EXPORT_MARKER)) as f:
-            d = json.load(f)
-        return clip.CLIPConfig(clip.CLIPVisionConfig(**d["vision"]), clip.CLIPTextConfig(**d["text"]),
-                               d["projection_dim"], d["logit_scale_init_value"])
+            return towers.config_from_export(json.load(f))
     if os.path.isfile(os.path.join(path, "config.json")):
-        with open(os.path.join(path, "config.json")) as f:
-            return clip.CLIPConfig.from_hf_dict(json.load(f))
+        return towers.hf_config(path, towers.family_of(path, EXPORT_MARKER))
     return None
 
 
-def build_towers(config, rngs: nnx.Rngs) -> clip.CLIPModel:
-    """CLIP towers: loaded from ``config.model.clip_path`` if set, else random from ``config.model.clip_tiny``."""
+def build_towers(config, rngs: nnx.Rngs):
+    """Image-text towers (``models.towers``): loaded from ``config.model.clip_path`` if set (its family is the
+    checkpoint's), else random from ``config.model.clip_tiny`` in the family ``config.model.backbone``."""
     dtype, param_dtype = dtypes(config)
     path = config.model.get("clip_path")
     if not path:
-        return clip.CLIPModel(clip_config(config), rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+        return towers.new(clip_config(config), rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     if config.model.get("skeleton") and os.path.exists(path):
         cfg = towers_config_from_path(path)
         if cfg is not None:
-            return clip.CLIPModel(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+            return towers.new(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
     if not os.path.exists(path):
         raise FileNotFoundError(
-            f"config.model.clip_path={path!r} does not exist: point it at a local transformers CLIP directory "
-            "(config.json + *.safetensors, e.g. from `huggingface-cli download openai/clip-vit-base-patch32`), an "
-            "OpenCLIP checkpoint, or a CLIP exported by zscir_jax")
+            f"config.model.clip_path={path!r} does not exist: point it at a local transformers CLIP / BLIP / SigLIP "
+            "directory (config.json + *.safetensors, e.g. from `huggingface-cli download "
+            "openai/clip-vit-base-patch32`), an OpenCLIP checkpoint, or towers exported by zscir_jax")
     if os.path.isfile(os.path.join(path, EXPORT_MARKER)):
         return load_exported(path, dtype=dtype, param_dtype=param_dtype)
-    return clip.from_pretrained(path, dtype=dtype, param_dtype=param_dtype)
+    return towers.from_pretrained(path, towers.family_of(path, EXPORT_MARKER), dtype=dtype, param_dtype=param_dtype)
 
 
 def save_params(module: nnx.Module, path: str, marker: str, info: dict) -> str:
@@ -82,17 +81,17 @@ def save_params(module: nnx.Module, path: str, marker: str, info: dict) -> str:
     return path
 
 
-def export_towers(model: clip.CLIPModel, path: str) -> None:
-    """Write a CLIP's parameters (Orbax) and config (JSON) so ``build_towers`` can read them back."""
-    save_params(model, path, EXPORT_MARKER, dataclasses.asdict(model.config))
+def export_towers(model, path: str) -> None:
+    """Write towers' parameters (Orbax) and config (JSON, with their family) so ``build_towers`` can read them back."""
+    save_params(model, path, EXPORT_MARKER, towers.export_info(model.config))
 
 
-def load_exported(path: str, *, dtype=jnp.float32, param_dtype=jnp.float32) -> clip.CLIPModel:
+def load_exported(path: str, *, dtype=jnp.float32, param_dtype=jnp.float32):
     import orbax.checkpoint as ocp
 
     cfg = towers_config_from_path(path)
     # Restore into an abstract model whose shardings come from the active mesh and rules, not from the files.
-    abstract = loader.abstract_model(lambda: clip.CLIPModel(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
+    abstract = loader.abstract_model(lambda: towers.new(cfg, rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype))
     graphdef, abstract_state = nnx.split(abstract)
     mesh = jax.sharding.get_mesh()
     if mesh is not None and not mesh.empty:

@@ -46,7 +46,7 @@ from zscir_jax.models import clip
 from zscir_jax.numerics import l2_normalize
 
 GROUPS = (
-    (r"clip/(text_model|text_projection)(/.*)?", "text_tower"),
+    (r"clip/(text_model|text_projection|text_encoder|text_proj)(/.*)?", "text_tower"),
     (r"clip/.*", "image_tower"),
 )
 _MASKED = -1e9

@@ -40,7 +40,7 @@ GROUPS = (
     (r"clip/.*/lora_[ab](/.*)?", "lora"),  # DistillCIR's student adapts the towers with LoRA
     (r"mapping/.*", "mapping"),
     (r"feature_projection/.*", "projection"),
-    (r"clip/(text_model|text_projection)(/.*)?", "text_tower"),
+    (r"clip/(text_model|text_projection|text_encoder|text_proj)(/.*)?", "text_tower"),
     (r"clip/.*", "image_tower"),
 )
 
@@ -156,6 +156,9 @@ def slot_and_prompt(config):
 
 
 def build_mapping(config, towers: clip.CLIPModel, rngs) -> MappingNetwork:
+    if not isinstance(towers, clip.CLIPModel):  # the pseudo token is spliced into CLIP's token embeddings
+        raise UserError(f"method {config.method} needs CLIP towers (its pseudo word token goes into CLIP's text "
+                        f"embeddings); config.model.clip_path / config.model.backbone give {type(towers).__name__}")
     s = settings(config)
     dtype, param_dtype = base.dtypes(config)
     mapping = MappingNetwork(towers.config.projection_dim, towers.config.text.hidden_size, int(s.hidden),

@@ -56,6 +56,9 @@ def check(config, method, *, mode: str) -> None:
     if training and loss is not None and "temperature" in loss:
         _positive("config.loss.temperature", loss.temperature)
     _positive("config.eval.batch_size", config.eval.get("batch_size", 64))
+    from zscir_jax.models.towers import FAMILIES
+
+    _one_of("config.model.backbone", config.model.get("backbone", "clip"), FAMILIES)
     for name in config.eval.get("compare", ()):
         try:
             methods.get(name)

@@ -400,6 +400,10 @@ class CLIPModel(nnx.Module):
         """``encode_text`` with the token embeddings given (e.g. with a pseudo word token spliced in)."""
         return self.text_projection(self.text_model(input_ids, attention_mask, token_embeds=token_embeds).pooler_output)
 
+    def text_global_positions(self, input_ids: jax.Array, attention_mask: jax.Array | None = None) -> jax.Array:
+        """Where the text's global feature sits: the EOT token (``models.towers``' surface)."""
+        return self.text_model.eos_positions(input_ids)
+
     def image_tokens(self, pixels: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Every token (CLS + patches) through post_layernorm and the projection: ([B, 1+m, P], pooled [B, P])."""
         tokens = self.visual_projection(self.vision_model.post_layernorm(self.vision_model(pixels).last_hidden_state))

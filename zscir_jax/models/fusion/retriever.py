@@ -1,4 +1,5 @@
-"""``FusionRetriever``: CLIP towers + the token-level fusion module as one retrieval model.
+"""``FusionRetriever``: image-text towers (any family of ``models.towers``; CLIP's in the names) + the token-level
+fusion module as one retrieval model.
 
 The query is the fusion of the reference image's and the modification text's tokens; the gallery side is the
 normalised CLIP image embedding.
@@ -22,8 +23,8 @@ class FusionRetriever(nnx.Module):
     def query(self, ref_pixels, text_ids, text_mask, *, deterministic=True, rngs=None):
         image_tokens, _ = self.clip.image_tokens(ref_pixels)
         text_tokens, _ = self.clip.text_tokens(text_ids, text_mask)
-        eot = self.clip.text_model.eos_positions(text_ids)
-        return self.fusion(text_tokens, text_mask, eot, image_tokens, deterministic=deterministic, rngs=rngs)
+        where = self.clip.text_global_positions(text_ids, text_mask)  # CLIP: EOT; BLIP: [CLS] (PVLF eq. 6)
+        return self.fusion(text_tokens, text_mask, where, image_tokens, deterministic=deterministic, rngs=rngs)
 
     def image(self, pixels):
         return l2_normalize(self.clip.encode_image(pixels))
