@@ -250,3 +250,26 @@ def test_the_demo_smoke_writes_every_row_with_fashioniq_keys(tmp_path):
             for k in (10, 50):
                 assert 0.0 <= fiq[f"{cat}/recall@{k}"] <= 100.0
     assert "fashion_stage2_only" in run.stdout and "average/recall@10" in run.stdout
+
+
+def test_real_config_runs_locally_with_a_local_clip(tmp_path):
+    """configs/fashion_clip_b32.py:runlocal on a transformers CLIP: the fashion synthesis (exact answers on garment
+    images: the rule_based backend), stage 1 and stage 2 with a bank, evaluated in the FashionIQ layout."""
+    from zscir_jax.data import garments
+    from test_mvftji import _tiny_hf_clip
+
+    clip_dir = _tiny_hf_clip(str(tmp_path / "clip"))
+    root = str(tmp_path / "garments")
+    garments.build(root, num_train=40, num_val_queries=6, num_test_queries=3, image_size=32)
+    workdir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "zscir_jax.main", "--config", os.path.join(ROOT, "configs", "fashion_clip_b32.py:runlocal"),
+           "--workdir", str(workdir), f"--config.model.clip_path={clip_dir}",
+           "--config.synthesis.data.kind=garments", f"--config.synthesis.data.root={root}",
+           "--config.synthesis.backend.kind=rule_based", f"--config.evals.fashioniq.root={root}",
+           "--config.data.image_size=32", "--config.data.max_length=24"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.load(open(workdir / "results.json"))
+    assert {"fashion", "fashion_untrained", "image_only", "text_only", "image_plus_text"} <= set(results)
+    assert "average/recall@10" in results["fashion"]["fashioniq"]
+    assert (workdir / "fashion_align" / "export").is_dir()
