@@ -98,3 +98,44 @@ def test_pvlf_trains_on_random_towers_of_each_family(family, tmp_path):
         labels.setdefault(label(path), set()).add(optimizer.path_str(path).split("/")[1])
     text = {"blip": {"text_encoder", "text_proj"}, "siglip": {"text_model"}}[family]
     assert labels["text_tower"] == text and not labels["image_tower"] & text
+
+
+def test_transagg_blip_is_transagg_with_blips_sizes_and_both_towers():
+    t = runpy.run_path(os.path.join(ROOT, "configs", "transagg_blip.py"))["get_config"]()
+    assert (t.method, t.model.fusion.weighting, t.model.fusion.num_prompts, t.loss.name) == ("transagg", "linear", 1,
+                                                                                             "info_nce")
+    assert (t.optim.finetune, t.data.image_size, t.data.max_length) == ("both", 384, 35)
+
+
+@pytest.mark.parametrize("config_name", ("pvlf_blip.py",))
+def test_the_blip_config_runs_locally_on_a_transformers_blip(config_name, tmp_path):
+    """configs/pvlf_blip.py:runlocal on a tiny BlipForImageTextRetrieval directory (its BERT tokenizer too),
+    rule-based scene triplets, evaluated in the CIRR layout."""
+    import subprocess
+    import sys
+
+    import transformers
+
+    from zscir_jax.data import scenes, triplets
+    from zscir_jax.synthesis import rule_based
+    from test_blip_parity import _save_bert_tokenizer, hf_config, save_torch_blip
+
+    ckpt = tmp_path / "blip"
+    ckpt.mkdir()
+    save_torch_blip(hf_config(), str(ckpt))
+    _save_bert_tokenizer(ckpt)
+    root = scenes.build(str(tmp_path / "scenes"), num_train=24, num_val_queries=4, num_test_queries=2, image_size=32)
+    path = str(tmp_path / "t.jsonl")
+    triplets.write_jsonl(rule_based.generate(root, seed=0, max_per_image=1), path)
+    work = tmp_path / "run"
+    cmd = [sys.executable, "-m", "zscir_jax.main", "--config", os.path.join(ROOT, "configs", f"{config_name}:runlocal"),
+           "--workdir", str(work), f"--config.model.clip_path={ckpt}", f"--config.data.triplets={path}",
+           f"--config.evals.cirr.root={root}", "--config.data.image_size=32", "--config.data.max_length=12",
+           "--config.model.fusion.num_prompts=3", "--config.model.fusion.heads=2"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    results = json.load(open(work / "results.json"))
+    method = config_name.split("_")[0]
+    assert {method, "image_only", "text_only", "image_plus_text"} <= set(results)
+    assert "recall@1" in results[method]["cirr"]
+    assert transformers.AutoConfig.from_pretrained(str(ckpt)).model_type == "blip"
