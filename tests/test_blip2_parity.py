@@ -17,6 +17,8 @@ from zscir_jax.models import blip2
 from zscir_jax.models.blip2 import params as blip2_params
 from zscir_jax.weights import loader
 
+from parity_helpers import max_diff, nchw, pixels
+
 TOL = 1e-4
 
 CONFIGS = {
@@ -62,14 +64,6 @@ def text_batch():
     return ids, mask
 
 
-def pixels(size, n=2, seed=1):
-    return np.random.default_rng(seed).standard_normal((n, size, size, 3)).astype(np.float32)
-
-
-def nchw(px):
-    return torch.from_numpy(px).permute(0, 3, 1, 2)
-
-
 @jax.jit
 def outputs(model, px, ids, mask):
     """Every output the tests read, compiled once per model: on CPU op-by-op dispatch is several times slower."""
@@ -83,10 +77,6 @@ def outputs(model, px, ids, mask):
 def ours_on_batch(model, px=None):
     ids, mask = text_batch()
     return outputs(model, pixels(32) if px is None else px, ids.astype(np.int32), mask.astype(np.int32))
-
-
-def max_diff(a, b):
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
 def torch_itc(model, px, ids, mask):

@@ -15,6 +15,8 @@ from zscir_jax.models import blip
 from zscir_jax.models.blip import params as blip_weights
 from zscir_jax.weights import loader
 
+from parity_helpers import max_diff, nchw, pixels
+
 TOL = 1e-4
 
 CONFIGS = {
@@ -60,14 +62,6 @@ def text_batch():
     return ids, mask
 
 
-def pixels(size, n=2, seed=1):
-    return np.random.default_rng(seed).standard_normal((n, size, size, 3)).astype(np.float32)
-
-
-def max_diff(a, b):
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-
-
 @nnx.jit
 def ours_itc(model, px, ids, mask):
     """Every output the tests compare, in one compiled call (eager dispatch of each op is slow on a busy CPU)."""
@@ -84,7 +78,7 @@ def torch_itc(model, px, ids, mask, **kwargs):
     """HF's ITC forward, and its projections computed from the same submodules the forward uses (before normalize)."""
     with torch.no_grad():
         out = model(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
-                    pixel_values=torch.from_numpy(px).permute(0, 3, 1, 2), use_itm_head=False, **kwargs)
+                    pixel_values=nchw(px), use_itm_head=False, **kwargs)
         image_tokens = model.vision_proj(out.last_hidden_state)
         text_tokens = model.text_proj(out.question_embeds)
     return out, image_tokens.numpy(), text_tokens.numpy()

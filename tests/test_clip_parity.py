@@ -14,6 +14,8 @@ from zscir_jax import sharding
 from zscir_jax.models import clip
 from zscir_jax.weights import loader
 
+from parity_helpers import max_diff, nchw, pixels
+
 TOL = 1e-4
 
 CONFIGS = {
@@ -52,14 +54,6 @@ def text_batch(eos):
     return ids, mask
 
 
-def pixels(size, n=2, seed=1):
-    return np.random.default_rng(seed).standard_normal((n, size, size, 3)).astype(np.float32)
-
-
-def max_diff(a, b):
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
-
-
 @pytest.fixture(scope="module", params=sorted(CONFIGS))
 def pair(request, tmp_path_factory):
     text, vision = CONFIGS[request.param]
@@ -74,8 +68,7 @@ def test_features_and_hidden_states_match_transformers(pair):
     px = pixels(size)
     ids, mask = text_batch(torch_model.config.text_config.eos_token_id)
     with torch.no_grad():
-        t_img = torch_model.get_image_features(pixel_values=torch.from_numpy(px).permute(0, 3, 1, 2),
-                                               output_hidden_states=True)
+        t_img = torch_model.get_image_features(pixel_values=nchw(px), output_hidden_states=True)
         t_txt = torch_model.get_text_features(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
                                               output_hidden_states=True)
     o_vis = ours.vision_model(px, output_hidden_states=True)
@@ -113,8 +106,7 @@ def test_other_image_size_interpolates_positions_like_transformers(tmp_path):
     ours = clip.from_pretrained(str(tmp_path))
     px = pixels(48)  # a 6x6 patch grid from a 4x4 position table
     with torch.no_grad():
-        expected = torch_model.get_image_features(pixel_values=torch.from_numpy(px).permute(0, 3, 1, 2),
-                                                  interpolate_pos_encoding=True).pooler_output
+        expected = torch_model.get_image_features(pixel_values=nchw(px), interpolate_pos_encoding=True).pooler_output
     diff = max_diff(ours.encode_image(px), expected)
     print(f"\n[interpolated 48px on a 32px model] max abs diff: {diff:.2e}")
     assert diff < TOL
@@ -125,7 +117,7 @@ def test_non_square_image_interpolates_like_transformers(tmp_path):
     ours = clip.from_pretrained(str(tmp_path))
     px = np.random.default_rng(2).standard_normal((2, 32, 48, 3)).astype(np.float32)  # a 4x6 grid (H x W)
     with torch.no_grad():
-        expected = torch_model.vision_model(pixel_values=torch.from_numpy(px).permute(0, 3, 1, 2),
+        expected = torch_model.vision_model(pixel_values=nchw(px),
                                             interpolate_pos_encoding=True, output_hidden_states=True)
     out = ours.vision_model(px, output_hidden_states=True)
     assert out.last_hidden_state.shape == (2, 1 + 4 * 6, 32)
@@ -148,7 +140,7 @@ def test_vision_tower_alone_loads_from_a_clip_checkpoint(tmp_path):
     assert isinstance(tower, clip.CLIPVisionModel)
     px = pixels(32)
     with torch.no_grad():
-        expected = torch_model.vision_model(pixel_values=torch.from_numpy(px).permute(0, 3, 1, 2))
+        expected = torch_model.vision_model(pixel_values=nchw(px))
     assert max_diff(tower(px).pooler_output, expected.pooler_output) < TOL
 
 
@@ -160,7 +152,7 @@ def test_sharded_checkpoint_with_index(tmp_path):
     ours = clip.from_pretrained(str(tmp_path))
     px = pixels(32)
     with torch.no_grad():
-        expected = torch_model.get_image_features(pixel_values=torch.from_numpy(px).permute(0, 3, 1, 2)).pooler_output
+        expected = torch_model.get_image_features(pixel_values=nchw(px)).pooler_output
     assert max_diff(ours.encode_image(px), expected) < TOL
 
 

@@ -17,6 +17,8 @@ from zscir_jax.models import siglip
 from zscir_jax.models.siglip import params as siglip_weights
 from zscir_jax.weights import loader
 
+from parity_helpers import max_diff, nchw, pixels
+
 TOL = 1e-4
 PAD = 1  # SigLIP's pad id (= its EOS, "</s>")
 
@@ -70,18 +72,6 @@ def text_batch(length=9):
         ids[row, : n - 1] = rng.integers(3, 99, n - 1)
     mask = (np.arange(length)[None] < np.array(lengths)[:, None]).astype(np.int64)
     return ids, mask
-
-
-def pixels(size, n=2, seed=1, width=None):
-    return np.random.default_rng(seed).standard_normal((n, size, width or size, 3)).astype(np.float32)
-
-
-def nchw(px):
-    return torch.from_numpy(px).permute(0, 3, 1, 2)
-
-
-def max_diff(a, b):
-    return float(np.max(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64))))
 
 
 def i32(*arrays):

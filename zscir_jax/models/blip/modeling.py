@@ -27,6 +27,7 @@ from flax import nnx
 
 from zscir_jax import sharding
 from zscir_jax.data import tokenizer
+from zscir_jax.models import layers
 from zscir_jax.models.clip import modeling as clip
 
 Dtype = Any
@@ -34,11 +35,6 @@ Dtype = Any
 
 # --------------------------------------------------------------------------------------------------------------------
 # Configs
-
-
-def _known_fields(cls, d: dict) -> dict:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in d.items() if k in names and v is not None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,9 +48,14 @@ class BlipVisionConfig:
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-5
 
+    @property
+    def qkv_bias(self) -> bool:
+        """BLIP's fused qkv projection always has a bias (a field of BLIP-2's vision config, which shares the ViT)."""
+        return True
+
     @classmethod
     def from_hf_dict(cls, d: dict) -> "BlipVisionConfig":
-        return cls(**_known_fields(cls, d))
+        return cls(**layers.known_fields(cls, d))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,7 +72,7 @@ class BlipTextConfig:
 
     @classmethod
     def from_hf_dict(cls, d: dict) -> "BlipTextConfig":
-        return cls(**_known_fields(cls, d))
+        return cls(**layers.known_fields(cls, d))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +134,7 @@ class BlipConfig:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Building blocks (the dense / norm / embedding helpers and the activations are CLIP's)
+# Building blocks (the dense / norm / embedding helpers are ``models.layers``', the ViT's MLP is CLIP's)
 
 
 class TowerOutput(NamedTuple):
@@ -143,50 +144,40 @@ class TowerOutput(NamedTuple):
     hidden_states: tuple[jax.Array, ...] | None  # the encoder input, then every layer's output
 
 
-def _attend(q, k, v, mask, heads: int):
-    """Scaled dot-product attention over [b, l, heads * head_dim] projections; ``mask`` bool [b, 1, 1, k] or None."""
-    b, lq, width = q.shape
-    head_dim = width // heads
-    split = lambda t: t.reshape(b, t.shape[1], heads, head_dim)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", split(q) * (head_dim ** -0.5), split(k)).astype(jnp.float32)
-    if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    return jnp.einsum("bhqk,bkhd->bqhd", weights, split(v)).reshape(b, lq, width)
-
-
 def _check_heads(dim: int, heads: int) -> None:
     if dim % heads:
         raise ValueError(f"hidden size {dim} is not divisible by {heads} attention heads")
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Vision tower: a pre-LN ViT with a fused qkv projection
+# Vision tower: a pre-LN ViT with a fused qkv projection (BLIP-2's EVA ViT is the same network: ``models.blip2``
+# builds it from these modules)
 
 
 class BlipAttention(nnx.Module):
-    def __init__(self, dim: int, heads: int, *, dtype, param_dtype, rngs):
+    def __init__(self, dim: int, heads: int, *, qkv_bias: bool = True, dtype, param_dtype, rngs):
         _check_heads(dim, heads)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.heads = heads
-        # One [dim, 3 * dim] kernel as in the checkpoint (q, k, v concatenated on the output axis).
-        self.qkv = clip._dense(dim, 3 * dim, ("embed", "heads"), **kw)
-        self.projection = clip._dense(dim, dim, ("heads", "embed"), **kw)
+        # One [dim, 3 * dim] kernel as in the checkpoint (q, k, v concatenated on the output axis). BLIP's has a
+        # bias; BLIP-2's may have none (``qkv_bias``), and where it has one its k part is stored as zeros, as in HF.
+        self.qkv = layers.dense(dim, 3 * dim, ("embed", "heads"), use_bias=qkv_bias, **kw)
+        self.projection = layers.dense(dim, dim, ("heads", "embed"), **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         q, k, v = jnp.split(self.qkv(x), 3, axis=-1)
-        return self.projection(_attend(q, k, v, None, self.heads))
+        return self.projection(layers.attend(q, k, v, None, self.heads))
 
 
 class BlipEncoderLayer(nnx.Module):
-    """Pre-LN transformer block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
+    """Pre-LN transformer block: x + attn(ln1(x)), then x + mlp(ln2(x)). ``cfg``: a BLIP or BLIP-2 vision config."""
 
     def __init__(self, cfg: BlipVisionConfig, *, dtype, param_dtype, rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         d = cfg.hidden_size
-        self.layer_norm1 = clip._layer_norm(d, cfg.layer_norm_eps, **kw)
-        self.self_attn = BlipAttention(d, cfg.num_attention_heads, **kw)
-        self.layer_norm2 = clip._layer_norm(d, cfg.layer_norm_eps, **kw)
+        self.layer_norm1 = layers.layer_norm(d, cfg.layer_norm_eps, **kw)
+        self.self_attn = BlipAttention(d, cfg.num_attention_heads, qkv_bias=cfg.qkv_bias, **kw)
+        self.layer_norm2 = layers.layer_norm(d, cfg.layer_norm_eps, **kw)
         self.mlp = clip.CLIPMLP(d, cfg.intermediate_size, cfg.hidden_act, **kw)  # same fc1 / fc2 layout
 
     def __call__(self, x):
@@ -210,6 +201,12 @@ class BlipEncoder(nnx.Module):
 
 
 class BlipVisionEmbeddings(nnx.Module):
+    """A biased patch conv, a class token and a position table (resized bicubically for another image size).
+
+    BLIP keeps the class token and the table as [d] and [n, d] (its loader drops HF's leading ones); BLIP-2's
+    subclass keeps HF's [1, 1, d] and [1, n, d] (``_tables``).
+    """
+
     def __init__(self, cfg: BlipVisionConfig, *, dtype, param_dtype, rngs):
         d, p = cfg.hidden_size, cfg.patch_size
         self.patch_embedding = nnx.Conv(
@@ -218,14 +215,18 @@ class BlipVisionEmbeddings(nnx.Module):
             kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, None, "channels", "embed")),
             bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",)),
         )
-        # Plain parameters in HF too ([1, 1, d] and [1, n, d] there; the loader drops the leading ones).
-        self.class_embedding = nnx.Param(
-            nnx.with_partitioning(nnx.initializers.normal(0.02), ("embed",))(rngs.params(), (d,), param_dtype))
         num_positions = (cfg.image_size // p) ** 2 + 1
-        self.position_embedding = nnx.Param(
-            nnx.with_partitioning(nnx.initializers.normal(0.02), (None, "embed"))(rngs.params(), (num_positions, d),
-                                                                                 param_dtype))
+        self.class_embedding, self.position_embedding = self._tables(d, num_positions, param_dtype=param_dtype,
+                                                                     rngs=rngs)
         self.dtype = dtype
+
+    @staticmethod
+    def _tables(d: int, num_positions: int, *, param_dtype, rngs) -> tuple[nnx.Param, nnx.Param]:
+        """The class token [d] and the position table [n, d]: plain parameters in HF too ([1, 1, d] and [1, n, d]
+        there; the loader drops the leading ones)."""
+        init, kw = nnx.initializers.normal(0.02), dict(param_dtype=param_dtype, rngs=rngs)
+        return (layers.param(init, (d,), ("embed",), **kw),
+                layers.param(init, (num_positions, d), (None, "embed"), **kw))
 
     def __call__(self, pixels: jax.Array) -> jax.Array:
         b = pixels.shape[0]
@@ -234,17 +235,20 @@ class BlipVisionEmbeddings(nnx.Module):
         patches = patches.reshape(b, gh * gw, -1)
         cls = jnp.broadcast_to(self.class_embedding[...].astype(patches.dtype), (b, 1, patches.shape[-1]))
         # Another image size resizes the table bicubically (HF's ``interpolate_pos_encoding=True``).
-        positions = clip.resize_position_table(self.position_embedding[...], gh, gw)
+        table = self.position_embedding[...]
+        positions = layers.resize_position_table(table.reshape(table.shape[-2:]), gh, gw)
         return jnp.concatenate([cls, patches], axis=1) + positions.astype(patches.dtype)[None]
 
 
 class BlipVisionModel(nnx.Module):
+    embeddings_class = BlipVisionEmbeddings  # BLIP-2's subclass swaps in its own table layout
+
     def __init__(self, cfg: BlipVisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.config = cfg
-        self.embeddings = BlipVisionEmbeddings(cfg, **kw)
+        self.embeddings = self.embeddings_class(cfg, **kw)
         self.encoder = BlipEncoder(cfg, **kw)
-        self.post_layernorm = clip._layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
+        self.post_layernorm = layers.layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
 
     def __call__(self, pixels: jax.Array, output_hidden_states: bool = False) -> TowerOutput:
         # HF's pooler_output applies post_layernorm a second time; retrieval reads last_hidden_state[:, 0] instead.
@@ -259,9 +263,9 @@ class BlipVisionModel(nnx.Module):
 class BlipTextEmbeddings(nnx.Module):
     def __init__(self, cfg: BlipTextConfig, *, dtype, param_dtype, rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.word_embeddings = clip._embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), **kw)
-        self.position_embeddings = clip._embed(cfg.max_position_embeddings, cfg.hidden_size, (None, "embed"), **kw)
-        self.LayerNorm = clip._layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
+        self.word_embeddings = layers.embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), **kw)
+        self.position_embeddings = layers.embed(cfg.max_position_embeddings, cfg.hidden_size, (None, "embed"), **kw)
+        self.LayerNorm = layers.layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
 
     def __call__(self, input_ids: jax.Array) -> jax.Array:
         positions = self.position_embeddings.embedding[...][: input_ids.shape[1]]
@@ -274,12 +278,12 @@ class BlipTextSelfAttention(nnx.Module):
         _check_heads(dim, heads)
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.heads = heads
-        self.query = clip._dense(dim, dim, ("embed", "heads"), **kw)
-        self.key = clip._dense(dim, dim, ("embed", "heads"), **kw)
-        self.value = clip._dense(dim, dim, ("embed", "heads"), **kw)
+        self.query = layers.dense(dim, dim, ("embed", "heads"), **kw)
+        self.key = layers.dense(dim, dim, ("embed", "heads"), **kw)
+        self.value = layers.dense(dim, dim, ("embed", "heads"), **kw)
 
     def __call__(self, x, mask):
-        return _attend(self.query(x), self.key(x), self.value(x), mask, self.heads)
+        return layers.attend(self.query(x), self.key(x), self.value(x), mask, self.heads)
 
 
 class BlipTextDenseNorm(nnx.Module):
@@ -287,8 +291,8 @@ class BlipTextDenseNorm(nnx.Module):
 
     def __init__(self, din: int, dim: int, eps: float, axes, *, dtype, param_dtype, rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.dense = clip._dense(din, dim, axes, **kw)
-        self.LayerNorm = clip._layer_norm(dim, eps, **kw)
+        self.dense = layers.dense(din, dim, axes, **kw)
+        self.LayerNorm = layers.layer_norm(dim, eps, **kw)
 
     def __call__(self, x, residual):
         return self.LayerNorm(self.dense(x) + residual)
@@ -307,13 +311,13 @@ class BlipTextAttention(nnx.Module):
 
 class BlipTextIntermediate(nnx.Module):
     def __init__(self, cfg: BlipTextConfig, *, dtype, param_dtype, rngs):
-        self.dense = clip._dense(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), dtype=dtype,
-                                 param_dtype=param_dtype, rngs=rngs)
-        clip._activation(cfg.hidden_act)  # fail at construction on an unknown name
+        self.dense = layers.dense(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), dtype=dtype,
+                                  param_dtype=param_dtype, rngs=rngs)
+        layers.activation(cfg.hidden_act)  # fail at construction on an unknown name
         self.act = cfg.hidden_act  # the name, not a function: keeps the module's static data hashable
 
     def __call__(self, x):
-        return clip._activation(self.act)(self.dense(x))
+        return layers.activation(self.act)(self.dense(x))
 
 
 class BlipTextLayer(nnx.Module):
@@ -383,8 +387,8 @@ class BlipModel(nnx.Module):
         self.config = cfg
         self.vision_model = BlipVisionModel(cfg.vision, **kw)
         self.text_encoder = BlipTextModel(cfg.text, **kw)
-        self.vision_proj = clip._dense(cfg.vision.hidden_size, cfg.projection_dim, ("embed", "proj"), **kw)
-        self.text_proj = clip._dense(cfg.text.hidden_size, cfg.projection_dim, ("embed", "proj"), **kw)
+        self.vision_proj = layers.dense(cfg.vision.hidden_size, cfg.projection_dim, ("embed", "proj"), **kw)
+        self.text_proj = layers.dense(cfg.text.hidden_size, cfg.projection_dim, ("embed", "proj"), **kw)
         self.logit_scale = nnx.Param(jnp.asarray(cfg.logit_scale_init_value, param_dtype))
 
     @property

@@ -18,7 +18,6 @@ Images are NHWC float arrays, already normalised with the checkpoint's mean and 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -29,7 +28,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zscir_jax import sharding
-from zscir_jax.models.clip.modeling import _dense, _embed, _layer_norm, resize_position_table
+from zscir_jax.models import layers
+from zscir_jax.models.blip import modeling as blip
 
 Dtype = Any
 
@@ -39,20 +39,6 @@ DEFAULT_TEXT_LENGTH = 32
 
 # --------------------------------------------------------------------------------------------------------------------
 # Configs
-
-
-def _side(value) -> int:
-    """transformers allows ``image_size`` / ``patch_size`` as a pair; our towers are square."""
-    if isinstance(value, (list, tuple)):
-        if len(set(value)) != 1:
-            raise ValueError(f"non-square size {value} is not supported by the BLIP-2 towers")
-        return int(value[0])
-    return int(value)
-
-
-def _known_fields(cls, d: dict) -> dict:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in d.items() if k in names and v is not None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,10 +55,10 @@ class Blip2VisionConfig:
 
     @classmethod
     def from_hf_dict(cls, d: dict) -> "Blip2VisionConfig":
-        kwargs = _known_fields(cls, d)
+        kwargs = layers.known_fields(cls, d)
         for key in ("image_size", "patch_size"):
             if key in kwargs:
-                kwargs[key] = _side(kwargs[key])
+                kwargs[key] = int(layers.square_side(kwargs[key], key))
         return cls(**kwargs)
 
 
@@ -92,7 +78,7 @@ class Blip2QFormerConfig:
 
     @classmethod
     def from_hf_dict(cls, d: dict) -> "Blip2QFormerConfig":
-        kwargs = _known_fields(cls, d)
+        kwargs = layers.known_fields(cls, d)
         kwargs.setdefault("use_qformer_text_input", False)  # transformers' default when the key is absent
         return cls(**kwargs)
 
@@ -169,30 +155,6 @@ class VisionOutput(NamedTuple):
     hidden_states: tuple[jax.Array, ...] | None  # the encoder input, then every layer's output
 
 
-def _activation(name: str):
-    if name == "gelu":
-        return functools.partial(jax.nn.gelu, approximate=False)
-    if name in ("gelu_new", "gelu_pytorch_tanh"):
-        return functools.partial(jax.nn.gelu, approximate=True)
-    if name == "quick_gelu":
-        return lambda x: x * jax.nn.sigmoid(1.702 * x)
-    raise ValueError(f"unsupported BLIP-2 activation {name!r} (expected gelu, gelu_new, quick_gelu)")
-
-
-def _param(init, shape, axes, *, param_dtype, rngs):
-    return nnx.Param(nnx.with_partitioning(init, axes)(rngs.params(), shape, param_dtype))
-
-
-def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None) -> jax.Array:
-    """Scaled dot-product attention on [b, len, heads, head_dim]; ``mask`` bool [b, 1, q, k], True = may attend."""
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q * (q.shape[-1] ** -0.5), k).astype(jnp.float32)
-    if mask is not None:
-        logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-    return out.reshape(*out.shape[:2], -1)
-
-
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
     """torch's ``F.normalize``: x / max(||x||, eps)."""
     return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
@@ -206,103 +168,23 @@ def image_text_similarity(image_emb: jax.Array, text_emb: jax.Array) -> jax.Arra
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Vision transformer (EVA-style: fused qkv with q and v biases, pre-LN blocks, no pre-norm)
+# Vision transformer: BLIP's ViT (``models.blip``: fused qkv, here with q and v biases or none, pre-LN blocks, no
+# pre-norm); only the embedding tables' layout and the output differ
 
 
-class Blip2VisionEmbeddings(nnx.Module):
-    def __init__(self, cfg: Blip2VisionConfig, *, dtype, param_dtype, rngs):
-        d, p = cfg.hidden_size, cfg.patch_size
-        self.patch_embedding = nnx.Conv(
-            3, d, kernel_size=(p, p), strides=(p, p), padding="VALID", dtype=dtype, param_dtype=param_dtype,
-            rngs=rngs,
-            kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, None, "channels", "embed")),
-            bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("embed",)),
-        )
-        init = nnx.initializers.truncated_normal(0.02)
-        self.class_embedding = _param(init, (1, 1, d), (None, None, "embed"), param_dtype=param_dtype, rngs=rngs)
-        num_positions = (cfg.image_size // p) ** 2 + 1
-        self.position_embedding = _param(init, (1, num_positions, d), (None, None, "embed"),
-                                         param_dtype=param_dtype, rngs=rngs)
-        self.dtype = dtype
-
-    def __call__(self, pixels: jax.Array) -> jax.Array:
-        b = pixels.shape[0]
-        patches = self.patch_embedding(pixels.astype(self.dtype))  # [b, h/p, w/p, d]
-        gh, gw = patches.shape[1], patches.shape[2]
-        patches = patches.reshape(b, gh * gw, -1)
-        cls = jnp.broadcast_to(self.class_embedding[...].astype(patches.dtype), (b, 1, patches.shape[-1]))
-        # Another image size gets the table resized bicubically (= HF's interpolate_pos_encoding=True).
-        positions = resize_position_table(self.position_embedding[...][0], gh, gw)
-        return jnp.concatenate([cls, patches], axis=1) + positions.astype(patches.dtype)[None]
+class Blip2VisionEmbeddings(blip.BlipVisionEmbeddings):
+    @staticmethod
+    def _tables(d: int, num_positions: int, *, param_dtype, rngs) -> tuple[nnx.Param, nnx.Param]:
+        """HF's shapes kept: the class token [1, 1, d] and the position table [1, n, d] (EVA's truncated normal)."""
+        init, kw = nnx.initializers.truncated_normal(0.02), dict(param_dtype=param_dtype, rngs=rngs)
+        return (layers.param(init, (1, 1, d), (None, None, "embed"), **kw),
+                layers.param(init, (1, num_positions, d), (None, None, "embed"), **kw))
 
 
-class Blip2Attention(nnx.Module):
-    """Self-attention with one fused ``qkv`` projection (its k bias is stored, as zeros, like HF's)."""
+class Blip2VisionModel(blip.BlipVisionModel):
+    """BLIP's vision model on a ``Blip2VisionConfig`` (its ``qkv_bias``), returning HF's ``pooler_output`` too."""
 
-    def __init__(self, cfg: Blip2VisionConfig, *, dtype, param_dtype, rngs):
-        d = cfg.hidden_size
-        if d % cfg.num_attention_heads:
-            raise ValueError(f"hidden size {d} is not divisible by {cfg.num_attention_heads} attention heads")
-        self.heads = cfg.num_attention_heads
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.qkv = _dense(d, 3 * d, ("embed", "heads"), use_bias=cfg.qkv_bias, **kw)
-        self.projection = _dense(d, d, ("heads", "embed"), **kw)
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        b, l, d = x.shape
-        qkv = self.qkv(x).reshape(b, l, 3, self.heads, d // self.heads)
-        return self.projection(_attend(qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2], None))
-
-
-class Blip2MLP(nnx.Module):
-    def __init__(self, cfg: Blip2VisionConfig, *, dtype, param_dtype, rngs):
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.fc1 = _dense(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), **kw)
-        self.fc2 = _dense(cfg.intermediate_size, cfg.hidden_size, ("mlp", "embed"), **kw)
-        _activation(cfg.hidden_act)  # fail at construction on an unknown name
-        self.act = cfg.hidden_act  # the name, not a function: keeps the module's static data hashable
-
-    def __call__(self, x):
-        return self.fc2(_activation(self.act)(self.fc1(x)))
-
-
-class Blip2EncoderLayer(nnx.Module):
-    """Pre-LN block: x + attn(ln1(x)), then x + mlp(ln2(x))."""
-
-    def __init__(self, cfg: Blip2VisionConfig, *, dtype, param_dtype, rngs):
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.self_attn = Blip2Attention(cfg, **kw)
-        self.layer_norm1 = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
-        self.mlp = Blip2MLP(cfg, **kw)
-        self.layer_norm2 = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
-
-    def __call__(self, x):
-        x = x + self.self_attn(self.layer_norm1(x))
-        x = x + self.mlp(self.layer_norm2(x))
-        return sharding.constrain(x, ("batch", "length", "embed"))
-
-
-class Blip2Encoder(nnx.Module):
-    def __init__(self, cfg: Blip2VisionConfig, *, dtype, param_dtype, rngs):
-        self.layers = nnx.List([Blip2EncoderLayer(cfg, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-                                for _ in range(cfg.num_hidden_layers)])
-
-    def __call__(self, x, output_hidden_states: bool):
-        states = [x] if output_hidden_states else None
-        for layer in self.layers:
-            x = layer(x)
-            if output_hidden_states:
-                states.append(x)
-        return x, (tuple(states) if output_hidden_states else None)
-
-
-class Blip2VisionModel(nnx.Module):
-    def __init__(self, cfg: Blip2VisionConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
-        kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.config = cfg
-        self.embeddings = Blip2VisionEmbeddings(cfg, **kw)
-        self.encoder = Blip2Encoder(cfg, **kw)
-        self.post_layernorm = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
+    embeddings_class = Blip2VisionEmbeddings
 
     def __call__(self, pixels: jax.Array, output_hidden_states: bool = False) -> VisionOutput:
         x, states = self.encoder(self.embeddings(pixels), output_hidden_states)
@@ -322,13 +204,12 @@ class Blip2QFormerMultiHeadAttention(nnx.Module):
         self.heads = cfg.num_attention_heads
         kv_in = cfg.encoder_hidden_size if is_cross_attention else d
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.query = _dense(d, d, ("embed", "heads"), **kw)
-        self.key = _dense(kv_in, d, ("embed", "heads"), **kw)
-        self.value = _dense(kv_in, d, ("embed", "heads"), **kw)
+        self.query = layers.dense(d, d, ("embed", "heads"), **kw)
+        self.key = layers.dense(kv_in, d, ("embed", "heads"), **kw)
+        self.value = layers.dense(kv_in, d, ("embed", "heads"), **kw)
 
     def __call__(self, x: jax.Array, context: jax.Array, mask: jax.Array | None) -> jax.Array:
-        split = lambda t: t.reshape(*t.shape[:2], self.heads, -1)
-        return _attend(split(self.query(x)), split(self.key(context)), split(self.value(context)), mask)
+        return layers.attend(self.query(x), self.key(context), self.value(context), mask, self.heads)
 
 
 class Blip2QFormerSelfOutput(nnx.Module):
@@ -336,8 +217,8 @@ class Blip2QFormerSelfOutput(nnx.Module):
 
     def __init__(self, din: int, cfg: Blip2QFormerConfig, axes, *, dtype, param_dtype, rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.dense = _dense(din, cfg.hidden_size, axes, **kw)
-        self.LayerNorm = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)  # (sic: HF's BERT spelling)
+        self.dense = layers.dense(din, cfg.hidden_size, axes, **kw)
+        self.LayerNorm = layers.layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)  # (sic: HF's BERT spelling)
 
     def __call__(self, hidden: jax.Array, residual: jax.Array) -> jax.Array:
         return self.LayerNorm(self.dense(hidden) + residual)
@@ -355,13 +236,13 @@ class Blip2QFormerAttention(nnx.Module):
 
 class Blip2QFormerIntermediate(nnx.Module):
     def __init__(self, cfg: Blip2QFormerConfig, *, dtype, param_dtype, rngs):
-        self.dense = _dense(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), dtype=dtype,
-                            param_dtype=param_dtype, rngs=rngs)
-        _activation(cfg.hidden_act)
+        self.dense = layers.dense(cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), dtype=dtype,
+                                  param_dtype=param_dtype, rngs=rngs)
+        layers.activation(cfg.hidden_act)
         self.act = cfg.hidden_act
 
     def __call__(self, x):
-        return _activation(self.act)(self.dense(x))
+        return layers.activation(self.act)(self.dense(x))
 
 
 class Blip2QFormerLayer(nnx.Module):
@@ -406,7 +287,7 @@ class Blip2QFormerModel(nnx.Module):
     def __init__(self, cfg: Blip2QFormerConfig, *, dtype=jnp.float32, param_dtype=jnp.float32, rngs: nnx.Rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.config = cfg
-        self.layernorm = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
+        self.layernorm = layers.layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
         self.encoder = Blip2QFormerEncoder(cfg, **kw)
 
     def __call__(self, embeds: jax.Array, attention_mask: jax.Array | None = None,
@@ -422,8 +303,8 @@ class Blip2TextEmbeddings(nnx.Module):
 
     def __init__(self, cfg: Blip2QFormerConfig, *, dtype, param_dtype, rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.word_embeddings = _embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), **kw)
-        self.position_embeddings = _embed(cfg.max_position_embeddings, cfg.hidden_size, (None, "embed"), **kw)
+        self.word_embeddings = layers.embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), **kw)
+        self.position_embeddings = layers.embed(cfg.max_position_embeddings, cfg.hidden_size, (None, "embed"), **kw)
 
     def __call__(self, input_ids: jax.Array, token_embeds: jax.Array | None = None) -> jax.Array:
         positions = self.position_embeddings.embedding[...][: input_ids.shape[1]]
@@ -449,12 +330,12 @@ class Blip2Model(nnx.Module):
         q = cfg.qformer
         self.config = cfg
         self.vision_model = Blip2VisionModel(cfg.vision, **kw)
-        self.query_tokens = _param(nnx.initializers.zeros_init(), (1, cfg.num_query_tokens, q.hidden_size),
-                                   (None, None, "embed"), param_dtype=param_dtype, rngs=rngs)
+        self.query_tokens = layers.param(nnx.initializers.zeros_init(), (1, cfg.num_query_tokens, q.hidden_size),
+                                         (None, None, "embed"), param_dtype=param_dtype, rngs=rngs)
         self.embeddings = Blip2TextEmbeddings(q, **kw)
         self.qformer = Blip2QFormerModel(q, **kw)
-        self.vision_projection = _dense(q.hidden_size, cfg.projection_dim, ("embed", "proj"), **kw)
-        self.text_projection = _dense(q.hidden_size, cfg.projection_dim, ("embed", "proj"), **kw)
+        self.vision_projection = layers.dense(q.hidden_size, cfg.projection_dim, ("embed", "proj"), **kw)
+        self.text_projection = layers.dense(q.hidden_size, cfg.projection_dim, ("embed", "proj"), **kw)
         self.logit_scale = nnx.Param(jnp.asarray(cfg.logit_scale_init_value, param_dtype))
         self.dtype = dtype
 

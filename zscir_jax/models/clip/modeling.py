@@ -9,17 +9,17 @@ Images are NHWC float arrays, already normalised with the checkpoint's mean and 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from zscir_jax import sharding
+from zscir_jax.models import layers
+from zscir_jax.models.layers import resize_position_table
 
 Dtype = Any
 
@@ -62,8 +62,7 @@ class CLIPTextConfig:
 
     @classmethod
     def from_hf_dict(cls, d: dict) -> "CLIPTextConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        kwargs = {k: v for k, v in d.items() if k in names and v is not None}
+        kwargs = layers.known_fields(cls, d)
         # A config.json without the key gets transformers' default (49407), not our legacy-rule default.
         kwargs.setdefault("eos_token_id", 49407)
         return cls(**kwargs)
@@ -134,39 +133,6 @@ class TowerOutput(NamedTuple):
     hidden_states: tuple[jax.Array, ...] | None  # the encoder input, then every layer's output
 
 
-def _activation(name: str):
-    if name == "quick_gelu":
-        return lambda x: x * jax.nn.sigmoid(1.702 * x)
-    if name == "gelu":
-        return functools.partial(jax.nn.gelu, approximate=False)
-    if name in ("gelu_new", "gelu_pytorch_tanh"):
-        return functools.partial(jax.nn.gelu, approximate=True)
-    raise ValueError(f"unsupported CLIP activation {name!r} (expected quick_gelu, gelu, gelu_new)")
-
-
-def _dense(din, dout, axes, *, use_bias=True, dtype, param_dtype, rngs):
-    return nnx.Linear(
-        din, dout, use_bias=use_bias, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-        kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), axes),
-        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
-    )
-
-
-def _layer_norm(dim, eps, *, dtype, param_dtype, rngs):
-    return nnx.LayerNorm(
-        dim, epsilon=eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-        scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)),
-        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("norm",)),
-    )
-
-
-def _embed(num, dim, axes, *, dtype, param_dtype, rngs):
-    return nnx.Embed(
-        num, dim, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-        embedding_init=nnx.with_partitioning(nnx.initializers.normal(0.02), axes),
-    )
-
-
 class CLIPAttention(nnx.Module):
     def __init__(self, dim: int, heads: int, *, dtype, param_dtype, rngs):
         if dim % heads:
@@ -174,10 +140,10 @@ class CLIPAttention(nnx.Module):
         self.heads = heads
         self.head_dim = dim // heads
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.q_proj = _dense(dim, dim, ("embed", "heads"), **kw)
-        self.k_proj = _dense(dim, dim, ("embed", "heads"), **kw)
-        self.v_proj = _dense(dim, dim, ("embed", "heads"), **kw)
-        self.out_proj = _dense(dim, dim, ("heads", "embed"), **kw)
+        self.q_proj = layers.dense(dim, dim, ("embed", "heads"), **kw)
+        self.k_proj = layers.dense(dim, dim, ("embed", "heads"), **kw)
+        self.v_proj = layers.dense(dim, dim, ("embed", "heads"), **kw)
+        self.out_proj = layers.dense(dim, dim, ("heads", "embed"), **kw)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
         b, l, _ = x.shape
@@ -195,13 +161,13 @@ class CLIPAttention(nnx.Module):
 class CLIPMLP(nnx.Module):
     def __init__(self, dim: int, hidden: int, act: str, *, dtype, param_dtype, rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.fc1 = _dense(dim, hidden, ("embed", "mlp"), **kw)
-        self.fc2 = _dense(hidden, dim, ("mlp", "embed"), **kw)
-        _activation(act)  # fail at construction on an unknown name
+        self.fc1 = layers.dense(dim, hidden, ("embed", "mlp"), **kw)
+        self.fc2 = layers.dense(hidden, dim, ("mlp", "embed"), **kw)
+        layers.activation(act)  # fail at construction on an unknown name
         self.act = act  # the name, not a function: keeps the module's static data hashable and comparable
 
     def __call__(self, x):
-        return self.fc2(_activation(self.act)(self.fc1(x)))
+        return self.fc2(layers.activation(self.act)(self.fc1(x)))
 
 
 class CLIPEncoderLayer(nnx.Module):
@@ -209,9 +175,9 @@ class CLIPEncoderLayer(nnx.Module):
 
     def __init__(self, dim, heads, hidden, act, eps, *, dtype, param_dtype, rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.layer_norm1 = _layer_norm(dim, eps, **kw)
+        self.layer_norm1 = layers.layer_norm(dim, eps, **kw)
         self.self_attn = CLIPAttention(dim, heads, **kw)
-        self.layer_norm2 = _layer_norm(dim, eps, **kw)
+        self.layer_norm2 = layers.layer_norm(dim, eps, **kw)
         self.mlp = CLIPMLP(dim, hidden, act, **kw)
 
     def __call__(self, x, mask):
@@ -238,43 +204,6 @@ class CLIPEncoder(nnx.Module):
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Position-table resizing for images of another size (torch's bicubic, align_corners=False, a=-0.75)
-
-
-def _cubic_weights(t: np.ndarray, a: float = -0.75) -> np.ndarray:
-    def k(x):
-        x = np.abs(x)
-        return np.where(x <= 1, ((a + 2) * x - (a + 3)) * x * x + 1,
-                        np.where(x < 2, ((a * x - 5 * a) * x + 8 * a) * x - 4 * a, 0.0))
-    return np.stack([k(t + 1), k(t), k(1 - t), k(2 - t)], axis=-1)
-
-
-@functools.lru_cache(maxsize=32)
-def _bicubic_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """[n_out, n_in] matrix that reproduces torch.nn.functional.interpolate(mode="bicubic") along one axis."""
-    out = np.arange(n_out)
-    src = (out + 0.5) * (n_in / n_out) - 0.5
-    base = np.floor(src).astype(np.int64)
-    weights = _cubic_weights(src - base)
-    m = np.zeros((n_out, n_in), np.float64)
-    for tap in range(4):
-        idx = np.clip(base - 1 + tap, 0, n_in - 1)  # torch clamps out-of-range taps to the border
-        np.add.at(m, (out, idx), weights[:, tap])
-    return m.astype(np.float32)
-
-
-def resize_position_table(table: jax.Array, grid_h: int, grid_w: int) -> jax.Array:
-    """Resize a [1 + g*g, D] CLIP position table (CLS first) to a grid_h x grid_w patch grid."""
-    g = int(round((table.shape[0] - 1) ** 0.5))
-    if (g, g) == (grid_h, grid_w):
-        return table
-    patches = table[1:].reshape(g, g, -1)
-    patches = jnp.einsum("Hh,hwd->Hwd", _bicubic_matrix(g, grid_h), patches)
-    patches = jnp.einsum("Ww,Hwd->HWd", _bicubic_matrix(g, grid_w), patches)
-    return jnp.concatenate([table[:1], patches.reshape(grid_h * grid_w, -1)], axis=0)
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # Towers
 
 
@@ -287,12 +216,11 @@ class CLIPVisionEmbeddings(nnx.Module):
             dtype=dtype, param_dtype=param_dtype, rngs=rngs,
             kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), (None, None, "channels", "embed")),
         )
-        self.class_embedding = nnx.Param(
-            nnx.with_partitioning(nnx.initializers.normal(d ** -0.5), ("embed",))(rngs.params(), (d,), param_dtype)
-        )
+        self.class_embedding = layers.param(nnx.initializers.normal(d ** -0.5), (d,), ("embed",),
+                                            param_dtype=param_dtype, rngs=rngs)
         num_positions = (cfg.image_size // p) ** 2 + 1
-        self.position_embedding = _embed(num_positions, d, (None, "embed"), dtype=dtype, param_dtype=param_dtype,
-                                         rngs=rngs)
+        self.position_embedding = layers.embed(num_positions, d, (None, "embed"), dtype=dtype, param_dtype=param_dtype,
+                                               rngs=rngs)
         self.dtype = dtype
 
     def __call__(self, pixels: jax.Array) -> jax.Array:
@@ -310,9 +238,9 @@ class CLIPVisionTransformer(nnx.Module):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.config = cfg
         self.embeddings = CLIPVisionEmbeddings(cfg, **kw)
-        self.pre_layrnorm = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)  # (sic: HF's spelling)
+        self.pre_layrnorm = layers.layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)  # (sic: HF's spelling)
         self.encoder = CLIPEncoder(cfg, **kw)
-        self.post_layernorm = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
+        self.post_layernorm = layers.layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
 
     def __call__(self, pixels: jax.Array, output_hidden_states: bool = False) -> TowerOutput:
         x = self.pre_layrnorm(self.embeddings(pixels))
@@ -323,8 +251,8 @@ class CLIPVisionTransformer(nnx.Module):
 class CLIPTextEmbeddings(nnx.Module):
     def __init__(self, cfg: CLIPTextConfig, *, dtype, param_dtype, rngs):
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.token_embedding = _embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), **kw)
-        self.position_embedding = _embed(cfg.max_position_embeddings, cfg.hidden_size, (None, "embed"), **kw)
+        self.token_embedding = layers.embed(cfg.vocab_size, cfg.hidden_size, ("vocab", "embed"), **kw)
+        self.position_embedding = layers.embed(cfg.max_position_embeddings, cfg.hidden_size, (None, "embed"), **kw)
 
     def __call__(self, input_ids: jax.Array, token_embeds: jax.Array | None = None) -> jax.Array:
         positions = self.position_embedding.embedding[...][: input_ids.shape[1]]
@@ -338,7 +266,7 @@ class CLIPTextTransformer(nnx.Module):
         self.config = cfg
         self.embeddings = CLIPTextEmbeddings(cfg, **kw)
         self.encoder = CLIPEncoder(cfg, **kw)
-        self.final_layer_norm = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
+        self.final_layer_norm = layers.layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
 
     def eos_positions(self, input_ids: jax.Array) -> jax.Array:
         if self.config.eos_token_id == 2:
@@ -381,10 +309,10 @@ class CLIPModel(nnx.Module):
         self.config = cfg
         self.vision_model = CLIPVisionTransformer(cfg.vision, **kw)
         self.text_model = CLIPTextTransformer(cfg.text, **kw)
-        self.visual_projection = _dense(cfg.vision.hidden_size, cfg.projection_dim, ("embed", "proj"),
-                                        use_bias=False, **kw)
-        self.text_projection = _dense(cfg.text.hidden_size, cfg.projection_dim, ("embed", "proj"),
-                                      use_bias=False, **kw)
+        self.visual_projection = layers.dense(cfg.vision.hidden_size, cfg.projection_dim, ("embed", "proj"),
+                                              use_bias=False, **kw)
+        self.text_projection = layers.dense(cfg.text.hidden_size, cfg.projection_dim, ("embed", "proj"),
+                                            use_bias=False, **kw)
         self.logit_scale = nnx.Param(jnp.asarray(cfg.logit_scale_init_value, param_dtype))
 
     def encode_image(self, pixels: jax.Array) -> jax.Array:

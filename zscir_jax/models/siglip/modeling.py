@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from zscir_jax.models import layers
 from zscir_jax.models.clip import modeling as clip
 
 Dtype = Any
@@ -33,11 +34,6 @@ TowerOutput = clip.TowerOutput
 
 # --------------------------------------------------------------------------------------------------------------------
 # Configs
-
-
-def _known_fields(cls, d: dict) -> dict:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in d.items() if k in names and v is not None}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,13 +54,10 @@ class SiglipVisionConfig:
 
     @classmethod
     def from_hf_dict(cls, d: dict, naflex: bool = False) -> "SiglipVisionConfig":
-        kwargs = _known_fields(cls, d)
+        kwargs = layers.known_fields(cls, d)
         for key in ("image_size", "patch_size"):  # transformers also accepts [h, w]; SigLIP's are square
-            if isinstance(kwargs.get(key), (list, tuple)):
-                h, w = kwargs[key]
-                if h != w:
-                    raise ValueError(f"non-square {key} {kwargs[key]} is not supported")
-                kwargs[key] = int(h)
+            if key in kwargs:
+                kwargs[key] = layers.square_side(kwargs[key], key)
         if naflex:
             side = math.isqrt(int(d.get("num_patches", 256)))
             kwargs["image_size"] = side * int(kwargs.get("patch_size", cls.patch_size))
@@ -90,7 +83,7 @@ class SiglipTextConfig:
 
     @classmethod
     def from_hf_dict(cls, d: dict) -> "SiglipTextConfig":
-        return cls(**_known_fields(cls, d))
+        return cls(**layers.known_fields(cls, d))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,27 +149,12 @@ class SiglipConfig:
 # Building blocks (the encoder layers and MLP are CLIP's: identical computation and parameter names)
 
 
-def _dense(din, dout, axes, *, dtype, param_dtype, rngs):
-    return nnx.Linear(
-        din, dout, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-        kernel_init=nnx.with_partitioning(nnx.initializers.lecun_normal(), axes),
-        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), (axes[1],)),
-    )
-
-
-def _layer_norm(dim, eps, *, dtype, param_dtype, rngs):
-    return nnx.LayerNorm(
-        dim, epsilon=eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-        scale_init=nnx.with_partitioning(nnx.initializers.ones_init(), ("norm",)),
-        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("norm",)),
-    )
-
-
 def _resize_patch_positions(table: jax.Array, grid_h: int, grid_w: int) -> jax.Array:
     """Resize a [g*g, D] patch position table to grid_h x grid_w with torch's bicubic (as transformers'
-    ``interpolate_pos_encoding``). CLIP's resizer expects a CLS row first: a zero row is put in front and dropped."""
+    ``interpolate_pos_encoding``). ``layers.resize_position_table`` expects a CLS row first: a zero row is put in
+    front and dropped."""
     with_cls = jnp.concatenate([jnp.zeros_like(table[:1]), table], axis=0)
-    return clip.resize_position_table(with_cls, grid_h, grid_w)[1:]
+    return layers.resize_position_table(with_cls, grid_h, grid_w)[1:]
 
 
 class SiglipVisionEmbeddings(nnx.Module):
@@ -215,8 +193,8 @@ class SiglipAttentionPool(nnx.Module):
             raise ValueError(f"hidden size {dim} is not divisible by {heads} attention heads")
         self.heads, self.head_dim = heads, dim // heads
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
-        self.in_proj = _dense(dim, 3 * dim, ("embed", "heads"), **kw)
-        self.out_proj = _dense(dim, dim, ("heads", "embed"), **kw)
+        self.in_proj = layers.dense(dim, 3 * dim, ("embed", "heads"), **kw)
+        self.out_proj = layers.dense(dim, dim, ("heads", "embed"), **kw)
 
     def __call__(self, query: jax.Array, x: jax.Array) -> jax.Array:
         # The fused projection is applied in slices: q comes from the probe, k and v from the tokens.
@@ -247,7 +225,7 @@ class SiglipMultiheadAttentionPoolingHead(nnx.Module):
                 rngs.params(), (1, 1, d), param_dtype)
         )
         self.attention = SiglipAttentionPool(d, cfg.num_attention_heads, **kw)
-        self.layernorm = _layer_norm(d, cfg.layer_norm_eps, **kw)
+        self.layernorm = layers.layer_norm(d, cfg.layer_norm_eps, **kw)
         self.mlp = clip.CLIPMLP(d, cfg.intermediate_size, cfg.hidden_act, **kw)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -267,7 +245,7 @@ class SiglipVisionTransformer(nnx.Module):
         self.config = cfg
         self.embeddings = SiglipVisionEmbeddings(cfg, **kw)
         self.encoder = clip.CLIPEncoder(cfg, **kw)
-        self.post_layernorm = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
+        self.post_layernorm = layers.layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
         self.head = SiglipMultiheadAttentionPoolingHead(cfg, **kw)
 
     def __call__(self, pixels: jax.Array, output_hidden_states: bool = False) -> TowerOutput:
@@ -282,8 +260,8 @@ class SiglipTextTransformer(nnx.Module):
         self.config = cfg
         self.embeddings = clip.CLIPTextEmbeddings(cfg, **kw)
         self.encoder = clip.CLIPEncoder(cfg, **kw)
-        self.final_layer_norm = _layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
-        self.head = _dense(cfg.hidden_size, cfg.head_size, ("embed", "proj"), **kw)
+        self.final_layer_norm = layers.layer_norm(cfg.hidden_size, cfg.layer_norm_eps, **kw)
+        self.head = layers.dense(cfg.hidden_size, cfg.head_size, ("embed", "proj"), **kw)
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array | None = None,
                  output_hidden_states: bool = False, token_embeds: jax.Array | None = None) -> TowerOutput:
