@@ -101,7 +101,7 @@ def test_trains_lora_only_and_evaluates(setup, tmp_path):
     assert 0 <= results["collm"]["cirr"]["recall@50"] <= 100
     assert results["collm"]["cirr"]["num_queries"] == 8
     # The evaluator's queries go through the LLaVA tokenizer, and the text changes the query.
-    enc = trainer._encoder(c2, mesh, methods.get("collm"), model)
+    enc = trainer.method_encoder(c2, mesh, methods.get("collm"), model)
     assert enc.tokenizer.hf.get_vocab() == hf_tok.get_vocab()
     image = np.asarray(scenes_image(root), np.uint8)[None].repeat(2, 0)
     a = enc.encode_queries(image, ["change it to red", "change it to red"])

@@ -316,7 +316,7 @@ def _flat(d, prefix=""):
 # Evaluation
 
 
-def _encoder(config, mesh, method, model):
+def method_encoder(config, mesh, method, model):
     from zscir_jax.data import images
     from zscir_jax.evaluation import encoders
 
@@ -343,7 +343,7 @@ def evaluate_periodic(config, evals, mesh, method, model, run_dir: str) -> dict:
     ``<run_dir>/eval``)."""
     from zscir_jax.evaluation import joint
 
-    enc = _encoder(config, mesh, method, model)
+    enc = method_encoder(config, mesh, method, model)
     scoring = joint.rows(config, config.method)[0][1]
     texts_for = _target_texts(config, os.path.dirname(run_dir), [scoring])
     scalars = {}
@@ -385,7 +385,7 @@ def evaluate_all(config, workdir: str, mesh, trained, evals, stage_runs=()) -> d
                 with sharding.activate(mesh):
                     model = m.build(cfg, nnx.Rngs(cfg.seed))
             models[(m.name, which)] = model
-            encoders[(m.name, which)] = _encoder(cfg, mesh, m, model)
+            encoders[(m.name, which)] = method_encoder(cfg, mesh, m, model)
         enc = encoders[(m.name, which)]
         results[name] = {}
         for spec in evals:
