@@ -317,6 +317,7 @@ def _flat(d, prefix=""):
 
 
 def method_encoder(config, mesh, method, model):
+    """The evaluator's encoder of ``method`` + ``model``: its query tokenizer and the towers' image normalisation."""
     from zscir_jax.data import images
     from zscir_jax.evaluation import encoders
 
