@@ -55,6 +55,7 @@ def get_config(arg=None):
     if arg == "runlocal":
         s.limit = 16
         s.batch_size = 8
+        c.train.update(steps=10, batch_size=8, log_every=1, checkpoint_every=5)
         c.model.fashion.bank_size = 16
         c.stages.fashion_align.train = dict(steps=3, batch_size=8, log_every=1, checkpoint_every=3)
     return c

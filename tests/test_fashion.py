@@ -273,3 +273,4 @@ def test_real_config_runs_locally_with_a_local_clip(tmp_path):
     assert {"fashion", "fashion_untrained", "image_only", "text_only", "image_plus_text"} <= set(results)
     assert "average/recall@10" in results["fashion"]["fashioniq"]
     assert (workdir / "fashion_align" / "export").is_dir()
+    assert max(int(n) for n in os.listdir(workdir / "fashion" / "checkpoints")) == 10  # runlocal: a few steps
