@@ -260,7 +260,7 @@ def static_bank(config, towers: clip.CLIPModel):
     """(embeddings [N, D], keys [N]) with N = ``bank_size`` rounded up to the mesh's batch width; padding rows have
     key -1 and zero embeddings (masked in the loss). A restore skeleton gets zeros of the same shape."""
     from zscir_jax.data import images
-    from zscir_jax.data.pipeline import image_key
+    from zscir_jax.data.pipeline import _resolve as resolve, image_key
     from zscir_jax.train import writers
 
     f = settings(config)
@@ -287,8 +287,7 @@ def static_bank(config, towers: clip.CLIPModel):
                 part = paths[a:a + chunk]
                 px = np.zeros((chunk, size_px, size_px, 3), np.float32)
                 for i, p in enumerate(part):
-                    full = p if image_dir is None or p.startswith("/") else f"{image_dir}/{p}"
-                    px[i] = images.preprocess(images.load_image(full), size_px, mean, std)
+                    px[i] = images.preprocess(images.load_image(resolve(p, image_dir)), size_px, mean, std)
                 emb[a:a + len(part)] = np.asarray(encode(state, px))[: len(part)]
                 bar.update(len(part))
         finally:
