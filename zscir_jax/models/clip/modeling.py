@@ -138,7 +138,6 @@ class CLIPAttention(nnx.Module):
         if dim % heads:
             raise ValueError(f"hidden size {dim} is not divisible by {heads} attention heads")
         self.heads = heads
-        self.head_dim = dim // heads
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.q_proj = layers.dense(dim, dim, ("embed", "heads"), **kw)
         self.k_proj = layers.dense(dim, dim, ("embed", "heads"), **kw)
@@ -146,16 +145,8 @@ class CLIPAttention(nnx.Module):
         self.out_proj = layers.dense(dim, dim, ("heads", "embed"), **kw)
 
     def __call__(self, x: jax.Array, mask: jax.Array | None) -> jax.Array:
-        b, l, _ = x.shape
-        split = lambda t: t.reshape(b, l, self.heads, self.head_dim)
-        q = split(self.q_proj(x)) * (self.head_dim ** -0.5)
-        k, v = split(self.k_proj(x)), split(self.v_proj(x))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-        if mask is not None:  # mask: bool [b, 1 | h, q, k], True = may attend
-            logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
-        weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, l, self.heads * self.head_dim)
-        return self.out_proj(out)
+        # mask: bool [b, 1 | h, q, k], True = may attend
+        return self.out_proj(layers.attend(self.q_proj(x), self.k_proj(x), self.v_proj(x), mask, self.heads))
 
 
 class CLIPMLP(nnx.Module):

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from zscir_jax import sharding
+from zscir_jax.models import layers
 from zscir_jax.numerics import l2_normalize
 
 PROMPT_MODES = ("shallow", "deep")
@@ -70,7 +71,7 @@ def _norm(dim, *, rngs, dtype, param_dtype):
 class Attention(nnx.Module):
     def __init__(self, dim, heads, dropout, *, rngs, dtype, param_dtype):
         kw = dict(rngs=rngs, dtype=dtype, param_dtype=param_dtype)
-        self.heads, self.head_dim = heads, dim // heads
+        self.heads = heads
         self.q = _dense(dim, dim, ("embed", "heads"), **kw)
         self.k = _dense(dim, dim, ("embed", "heads"), **kw)
         self.v = _dense(dim, dim, ("embed", "heads"), **kw)
@@ -78,13 +79,9 @@ class Attention(nnx.Module):
         self.attn_drop = nnx.Dropout(dropout)
 
     def __call__(self, x, key_mask, *, deterministic, rngs):
-        b, t, _ = x.shape
-        split = lambda y: y.reshape(b, t, self.heads, self.head_dim)
-        q, k, v = split(self.q(x)) * self.head_dim ** -0.5, split(self.k(x)), split(self.v(x))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32)
-        logits = jnp.where(key_mask[:, None, None, :], logits, jnp.finfo(jnp.float32).min)
-        w = self.attn_drop(jax.nn.softmax(logits, axis=-1), deterministic=deterministic, rngs=rngs).astype(v.dtype)
-        return self.out(jnp.einsum("bhqk,bkhd->bqhd", w, v).reshape(b, t, -1))
+        drop = lambda w: self.attn_drop(w, deterministic=deterministic, rngs=rngs)
+        return self.out(layers.attend(self.q(x), self.k(x), self.v(x), key_mask[:, None, None, :], self.heads,
+                                      on_weights=drop))
 
 
 class FusionLayer(nnx.Module):

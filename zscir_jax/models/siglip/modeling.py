@@ -191,7 +191,7 @@ class SiglipAttentionPool(nnx.Module):
     def __init__(self, dim: int, heads: int, *, dtype, param_dtype, rngs):
         if dim % heads:
             raise ValueError(f"hidden size {dim} is not divisible by {heads} attention heads")
-        self.heads, self.head_dim = heads, dim // heads
+        self.heads = heads
         kw = dict(dtype=dtype, param_dtype=param_dtype, rngs=rngs)
         self.in_proj = layers.dense(dim, 3 * dim, ("embed", "heads"), **kw)
         self.out_proj = layers.dense(dim, dim, ("heads", "embed"), **kw)
@@ -203,15 +203,11 @@ class SiglipAttentionPool(nnx.Module):
         q = self._project(query, kernel[:, :d], bias[:d])
         k = self._project(x, kernel[:, d:2 * d], bias[d:2 * d])
         v = self._project(x, kernel[:, 2 * d:], bias[2 * d:])
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q * (self.head_dim ** -0.5), k).astype(jnp.float32)
-        weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bhqk,bkhd->bqhd", weights, v)
-        return self.out_proj(out.reshape(*out.shape[:2], -1))
+        return self.out_proj(layers.attend(q, k, v, None, self.heads))
 
     def _project(self, x, kernel, bias):
         dtype = self.in_proj.dtype
-        y = jnp.dot(x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
-        return y.reshape(*x.shape[:2], self.heads, self.head_dim)
+        return jnp.dot(x.astype(dtype), kernel.astype(dtype)) + bias.astype(dtype)
 
 
 class SiglipMultiheadAttentionPoolingHead(nnx.Module):
