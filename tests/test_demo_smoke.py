@@ -86,3 +86,16 @@ def test_eval_mode_on_an_empty_workdir_is_one_line(tmp_path):
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("zscir_jax.main: error:") and "no checkpoint" in lines[0], run.stderr
     assert not os.path.exists(tmp_path / "empty" / "scenes")  # refused before any stage ran
+
+
+def test_a_changed_setting_on_a_finished_workdir_is_refused_in_one_line(finished):
+    """The prepared stages and the checkpoints record the settings they were made from: a rerun that changes one
+    (here the benchmark size, then a learning rate) names it and touches nothing."""
+    workdir, _ = finished
+    before = _metric_lines(workdir)
+    for flag, expected in (("--config.prepare.num_train=100", "prepare.num_train: 120 -> 100"),
+                           ("--config.optim.lr.fusion=0.5", "optim.lr.fusion: 0.001 -> 0.5")):
+        run = _main(workdir, flag)
+        err = run.stderr.strip().splitlines()
+        assert run.returncode != 0 and len(err) == 1 and expected in err[0], run.stderr[-2000:]
+    assert _metric_lines(workdir) == before

@@ -15,7 +15,9 @@
    MLLM itself: DistillCIR's teacher)
 Then ``config`` points at what was made (clip_path, tokenizer, triplets, and the roots of the ``config.evals``
 entries whose ``root`` is empty: by reader, the scenes in that layout). Every stage is skipped when its output
-already exists, and the warm-up resumes from its checkpoints, so a rerun of the demo is cheap.
+already exists, and the warm-up resumes from its checkpoints, so a rerun of the demo is cheap. The settings the
+stages depend on are recorded in ``<workdir>/prepare.json`` (``train.provenance``); a rerun that changes one is
+refused in one line naming it, before any stage runs.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import jax
 from absl import logging
 
 from zscir_jax.errors import UserError
-from zscir_jax.train import writers
+from zscir_jax.train import provenance, writers
 
 WORLDS = ("scenes", "garments")
 
@@ -41,6 +43,10 @@ def run(config, workdir: str) -> None:
     world = p.get("world", "scenes")
     if world not in WORLDS:
         raise UserError(f"config.prepare.world={world!r}: allowed values are {', '.join(WORLDS)}")
+    # Outputs made under other settings are never reused: a changed key is refused before any stage runs.
+    provenance.check_or_write(os.path.join(workdir, "prepare.json"),
+                              provenance.record(config, provenance.PREPARED, workdir, {"prepare.seed": seed}),
+                              "the prepared benchmark, triplets, tokenizer and towers")
     writers.say(f"demo: preparing the {world} benchmark, triplets, tokenizer and CLIP in {workdir}")
     if world == "garments":
         root, layouts, records, texts = _garments(p, seed, workdir)

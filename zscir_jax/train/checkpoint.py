@@ -112,23 +112,33 @@ class Checkpointer:
         self.manager.close()
 
 
-def resume_meta(config, state, process_count: int | None = None) -> dict:
-    """What must match for a resume: every parameter's shape, the global batch size, process count, method."""
+def resume_meta(config, state, process_count: int | None = None, workdir: str | None = None) -> dict:
+    """What must match for a resume: every parameter's shape, the global batch size, process count, method; with
+    ``workdir``, also the config keys the training depends on (``provenance.TRAINED``, paths relative to it)."""
     from flax import nnx
+
+    from zscir_jax.train import provenance
 
     shapes = {"/".join(map(str, path)): list(v.shape)
               for path, v in nnx.to_flat_state(state) if hasattr(v, "shape") and path[0] == 0}
-    return {
+    meta = {
         "method": config.method,
         "global_batch_size": int(config.train.batch_size),
         "process_count": int(jax.process_count() if process_count is None else process_count),
         "param_shapes": shapes,
     }
+    if workdir is not None:
+        meta["config"] = provenance.record(config, provenance.TRAINED, workdir)
+    return meta
 
 
 def check_compatible(saved: dict, current: dict, directory: str,
                      keys=("method", "global_batch_size", "process_count")) -> None:
-    """Raises ``IncompatibleResume`` listing every difference in ``keys`` and in the parameter shapes."""
+    """Raises ``IncompatibleResume`` (one line) listing every difference in ``keys``, in the parameter shapes and,
+    where both sides recorded it, in the training config (checkpoints written before that record are not compared
+    on it)."""
+    from zscir_jax.train import provenance
+
     problems = []
     for key in keys:
         if saved.get(key) != current.get(key):
@@ -138,8 +148,11 @@ def check_compatible(saved: dict, current: dict, directory: str,
     if diffs:
         more = f" (and {len(diffs) - 5} more)" if len(diffs) > 5 else ""
         problems.append("model shape differs: " + "; ".join(diffs[:5]) + more)
+    if "config" in saved and "config" in current:
+        changed = provenance.changes(saved["config"], current["config"])
+        if changed:
+            problems.append("settings changed: " + provenance.describe(changed))
     if problems:
         raise IncompatibleResume(
-            f"cannot resume from {directory}: the config changed incompatibly since the checkpoint was written:\n  "
-            + "\n  ".join(problems)
-            + "\nUse a new --workdir, or restore the original settings.")
+            f"cannot resume from {directory}: the config changed incompatibly since the checkpoint was written ("
+            + "; ".join(problems) + "): use a new --workdir, or restore the original settings")

@@ -181,7 +181,7 @@ def train(config, run_dir: str, mesh, evals=()):
                                  keep=tc.keep_checkpoints, use_async=tc.async_checkpoints)
     latest = ckpt.latest_step()
     ts = step_lib.build(method, config, mesh, tx, abstract=latest is not None)
-    meta = ckpt_lib.resume_meta(config, ts.state)
+    meta = ckpt_lib.resume_meta(config, ts.state, workdir=os.path.dirname(os.path.abspath(run_dir)))
     data = sources.make_loader(config, method)
     state, start = ts.state, 0
     if latest is not None:
