@@ -35,6 +35,9 @@ def base(method: str = "pvlf") -> ml_collections.ConfigDict:
     c.model.dtype = "float32"
     c.model.param_dtype = "float32"
     c.model.train_dropout = True
+    # "none" | "layer": recompute each transformer layer (CLIP towers, LLM) in the backward pass instead of keeping
+    # its activations (nnx.remat): same numbers, less memory, more compute (benchmarks/memory.py measures it).
+    c.model.remat = "none"
     c.model.fusion = ml_collections.ConfigDict(dict(
         depth=2,  # J
         heads=8,

@@ -45,9 +45,37 @@ def towers_config_from_path(path: str):
     return None
 
 
+REMAT_MODES = ("none", "layer")  # config.model.remat
+
+
+def set_remat(model: nnx.Module, config) -> nnx.Module:
+    """``config.model.remat`` on every transformer layer loop of ``model`` (CLIP's encoder, which SigLIP shares; the
+    LLM decoder): "layer" wraps each layer call in ``nnx.remat`` (activations recomputed in the backward pass: the same
+    numbers, less memory, more compute), "none" keeps them. A model without such a loop (BLIP's towers) refuses
+    "layer" rather than ignoring it."""
+    mode = config.model.get("remat", "none")
+    if mode not in REMAT_MODES:
+        raise ValueError(f"config.model.remat must be one of {', '.join(map(repr, REMAT_MODES))}, got {mode!r} "
+                         "('layer' recomputes each transformer layer in the backward pass to save memory)")
+    if mode == "none":
+        return model
+    loops = [m for _, m in nnx.iter_modules(model) if isinstance(getattr(m, "remat", None), str)]
+    if not loops:
+        raise ValueError(f"config.model.remat={mode!r}: {type(model).__name__} has no layer loop that supports it "
+                         "(CLIP and SigLIP towers and the LLM do); use 'none'")
+    for m in loops:
+        m.remat = mode
+    return model
+
+
 def build_towers(config, rngs: nnx.Rngs):
     """Image-text towers (``models.towers``): loaded from ``config.model.clip_path`` if set (its family is the
-    checkpoint's), else random from ``config.model.clip_tiny`` in the family ``config.model.backbone``."""
+    checkpoint's), else random from ``config.model.clip_tiny`` in the family ``config.model.backbone``; with
+    ``config.model.remat`` applied (``set_remat``)."""
+    return set_remat(_towers(config, rngs), config)
+
+
+def _towers(config, rngs: nnx.Rngs):
     dtype, param_dtype = dtypes(config)
     path = config.model.get("clip_path")
     if not path:
@@ -118,8 +146,9 @@ def build_mllm(config, towers: clip.CLIPModel, llm_sizes, rngs: nnx.Rngs):
         if config.model.get("skeleton"):
             from zscir_jax.models.mllm.export import read_config
 
-            return mllm.MLLM(read_config(path), rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype)
-        return mllm.load(path, dtype=dtype, param_dtype=param_dtype)
+            return set_remat(mllm.MLLM(read_config(path), rngs=nnx.Rngs(0), dtype=dtype, param_dtype=param_dtype),
+                             config)
+        return set_remat(mllm.load(path, dtype=dtype, param_dtype=param_dtype), config)
     vocab = towers.config.text.vocab_size
     text_cfg = llm.LLMConfig.tiny(vocab_size=vocab, **dict(llm_sizes))
     mm_cfg = mllm.MLLMConfig(vision=towers.config.vision, text=text_cfg, image_token_id=vocab)  # outside vocab
@@ -127,7 +156,7 @@ def build_mllm(config, towers: clip.CLIPModel, llm_sizes, rngs: nnx.Rngs):
     # Copied arrays (jnp.copy), so the module tree shares nothing: an eager build (clip_path set) would otherwise
     # hand the train step one buffer twice to donate.
     nnx.update(mm.vision_tower.vision_model, jax.tree.map(jnp.copy, nnx.state(towers.vision_model)))
-    return mm
+    return set_remat(mm, config)
 
 
 def mllm_last_token(mm, text_ids, text_mask, pixels=None):

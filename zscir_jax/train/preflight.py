@@ -59,6 +59,9 @@ def check(config, method, *, mode: str) -> None:
     from zscir_jax.models.towers import FAMILIES
 
     _one_of("config.model.backbone", config.model.get("backbone", "clip"), FAMILIES)
+    from zscir_jax.methods.base import REMAT_MODES
+
+    _one_of("config.model.remat", config.model.get("remat", "none"), REMAT_MODES)
     for name in config.eval.get("compare", ()):
         try:
             methods.get(name)

@@ -21,9 +21,10 @@ from zscir_jax.errors import UserError
 
 PREPARED = ("prepare", "warmup", "data.max_length", "model.clip_tiny", "model.backbone")
 TRAINED = ("method", "seed", "model", "loss", "optim", "data", "train.batch_size")
-# Settings under those sections that do not change what is made.
-NOT_RECORDED = ("data.worker_count", "data.on_error", "data.max_skip_fraction", "data.read_threads",
-                "optim.accumulate", "warmup.train.log_every", "warmup.train.checkpoint_every",
+# Settings under those sections that do not change what is made (remat recomputes the same numbers; nan_at is a
+# test hook).
+NOT_RECORDED = ("data.worker_count", "data.on_error", "data.max_skip_fraction", "data.read_threads", "data.nan_at",
+                "model.remat", "warmup.train.log_every", "warmup.train.checkpoint_every",
                 "warmup.train.keep_checkpoints", "warmup.train.async_checkpoints", "warmup.train.progress_bar")
 
 
@@ -70,15 +71,10 @@ def record(config, sections, workdir: str, extra: dict | None = None) -> dict:
 
 
 def changes(saved: dict, current: dict) -> list[str]:
-    """'key: old -> new' for every key whose value differs (a key on one side only counts as changed)."""
-    missing = object()
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key, missing), current.get(key, missing)
-        if a != b:
-            show = lambda v: "(unset)" if v is missing else json.dumps(v)
-            out.append(f"{key}: {show(a)} -> {show(b)}")
-    return out
+    """'key: old -> new' for every key recorded on both sides whose value differs. A key on one side only is a
+    setting added to (or removed from) the code since the record was written, not a change made by the user."""
+    return [f"{key}: {json.dumps(saved[key])} -> {json.dumps(current[key])}"
+            for key in sorted(set(saved) & set(current)) if saved[key] != current[key]]
 
 
 def describe(diffs: list[str], limit: int = 6) -> str:

@@ -177,6 +177,10 @@ class CLIPEncoderLayer(nnx.Module):
         return sharding.constrain(x, ("batch", "length", "embed"))
 
 
+def _call_layer(layer, x, mask):
+    return layer(x, mask)
+
+
 class CLIPEncoder(nnx.Module):
     def __init__(self, cfg: CLIPVisionConfig | CLIPTextConfig, *, dtype, param_dtype, rngs):
         self.layers = nnx.List([
@@ -184,11 +188,17 @@ class CLIPEncoder(nnx.Module):
                              cfg.layer_norm_eps, dtype=dtype, param_dtype=param_dtype, rngs=rngs)
             for _ in range(cfg.num_hidden_layers)
         ])
+        # config.model.remat (set by methods.base.set_remat): "layer" recomputes each layer's activations in the
+        # backward pass (nnx.remat) instead of keeping them; same numbers, less memory, more compute.
+        self.remat = "none"
 
     def __call__(self, x, mask, output_hidden_states: bool):
+        if self.remat not in ("none", "layer"):
+            raise ValueError(f"remat must be 'none' or 'layer', got {self.remat!r}")
+        call = nnx.remat(_call_layer) if self.remat == "layer" else _call_layer
         states = [x] if output_hidden_states else None
         for layer in self.layers:
-            x = layer(x, mask)
+            x = call(layer, x, mask)
             if output_hidden_states:
                 states.append(x)
         return x, (tuple(states) if output_hidden_states else None)

@@ -272,6 +272,10 @@ class DecoderLayer(nnx.Module):
 # The model
 
 
+def _call_layer(layer, x, cos, sin, mask):
+    return layer(x, cos, sin, mask)
+
+
 def positions_from_mask(attention_mask: jax.Array) -> jax.Array:
     """HF's generate rule: position = number of real tokens before this one (pads get 0)."""
     return jnp.maximum(jnp.cumsum(attention_mask.astype(jnp.int32), axis=-1) - 1, 0)
@@ -300,6 +304,10 @@ class LLM(nnx.Module):
             [DecoderLayer(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype) for _ in range(cfg.num_layers)]
         )
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, rngs=rngs, param_dtype=param_dtype)
+        # config.model.remat (set by methods.base.set_remat): "layer" recomputes each decoder layer's activations in
+        # the backward pass (nnx.remat) instead of keeping them; same numbers, less memory, more compute. Passes over
+        # a KV cache (generation) are never rematerialised.
+        self.remat = "none"
         if cfg.has_lm_head and not cfg.tie_word_embeddings:
             self.lm_head = _linear(cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), False,
                                    rngs=rngs, dtype=dtype, param_dtype=param_dtype)
@@ -337,8 +345,14 @@ class LLM(nnx.Module):
         cos, sin = rope_cos_sin(self.config, positions)
         x = sharding.constrain(inputs_embeds.astype(self.dtype), ("batch", "length", "embed"))
         new_cache = [] if cache is not None else None
+        if self.remat not in ("none", "layer"):
+            raise ValueError(f"remat must be 'none' or 'layer', got {self.remat!r}")
+        remat = self.remat == "layer" and cache is None
         for i, layer in enumerate(self.layers):
-            x, layer_cache = layer(x, cos, sin, mask, None if cache is None else cache[i], cache_index)
+            if remat:
+                x, layer_cache = nnx.remat(_call_layer)(layer, x, cos, sin, mask)
+            else:
+                x, layer_cache = layer(x, cos, sin, mask, None if cache is None else cache[i], cache_index)
             if cache is not None:
                 new_cache.append(layer_cache)
         return self.norm(x), new_cache
