@@ -7,6 +7,7 @@ the CLIP towers share one tokenizer type.
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -32,8 +33,12 @@ def build_word_tokenizer(texts: Iterable[str], out_dir: str, max_length: int = 3
                                                        special_tokens=[(BOS, bos), (EOS, eos)])
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD, unk_token=UNK,
                                    model_max_length=max_length, padding_side="right", truncation_side="right")
-    os.makedirs(out_dir, exist_ok=True)
-    fast.save_pretrained(out_dir)
+    # Saved beside out_dir and renamed into place: a cut-off save never leaves a partial tokenizer behind.
+    tmp = f"{os.path.abspath(out_dir).rstrip(os.sep)}.tmp.{os.getpid()}"
+    fast.save_pretrained(tmp)
+    if os.path.isdir(out_dir):
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
     return out_dir
 
 

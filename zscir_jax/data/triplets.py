@@ -97,10 +97,14 @@ class _Collector:
 # ---------------------------------------------------------------------------------------------------- JSONL
 
 def write_jsonl(records: Iterable[TripletRecord], path: str) -> str:
+    """All records or none: written to a temporary file renamed over ``path``, so a cut-off write leaves no
+    half file for a later run to read."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
         for r in records:
             f.write(r.to_json() + "\n")
+    os.replace(tmp, path)
     return path
 
 

@@ -948,7 +948,7 @@ def prepare(config, workdir: str, s, params: dict, world: World | None = None) -
             for h in head:
                 node = node[h]
             node[last] = value
-    demo_prepare.run(demo, workdir)
+    demo_prepare.run(demo, workdir, reuse_prepared=True)  # the asking run's benchmark and towers, as they are
     export = os.path.join(workdir, "clip_pretrain", "export")
     return os.path.join(workdir, world.name), export if os.path.isfile(os.path.join(export, base.EXPORT_MARKER)) else None
 

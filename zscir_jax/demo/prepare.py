@@ -32,7 +32,9 @@ from zscir_jax.train import provenance, writers
 WORLDS = ("scenes", "garments")
 
 
-def run(config, workdir: str) -> None:
+def run(config, workdir: str, *, reuse_prepared: bool = False) -> None:
+    """``reuse_prepared``: a workdir already prepared is used as it is, whatever its recorded settings (the demo
+    MLLM's own preparation: it builds on the benchmark and towers of the run that asked for it)."""
     from zscir_jax import sharding
     from zscir_jax.data import tokenizer
     from zscir_jax.methods import base
@@ -44,9 +46,11 @@ def run(config, workdir: str) -> None:
     if world not in WORLDS:
         raise UserError(f"config.prepare.world={world!r}: allowed values are {', '.join(WORLDS)}")
     # Outputs made under other settings are never reused: a changed key is refused before any stage runs.
-    provenance.check_or_write(os.path.join(workdir, "prepare.json"),
-                              provenance.record(config, provenance.PREPARED, workdir, {"prepare.seed": seed}),
-                              "the prepared benchmark, triplets, tokenizer and towers")
+    record = os.path.join(workdir, "prepare.json")
+    if not (reuse_prepared and os.path.isfile(record)):
+        provenance.check_or_write(record, provenance.record(config, provenance.PREPARED, workdir,
+                                                            {"prepare.seed": seed}),
+                                  "the prepared benchmark, triplets, tokenizer and towers")
     writers.say(f"demo: preparing the {world} benchmark, triplets, tokenizer and CLIP in {workdir}")
     if world == "garments":
         root, layouts, records, texts = _garments(p, seed, workdir)

@@ -104,8 +104,10 @@ def save_params(module: nnx.Module, path: str, marker: str, info: dict) -> str:
     ckpt.save(os.path.join(path, "params"), nnx.state(module, nnx.Param), force=True)
     ckpt.wait_until_finished()
     if jax.process_index() == 0:
-        with open(os.path.join(path, marker), "w") as f:
+        tmp = os.path.join(path, f"{marker}.tmp")
+        with open(tmp, "w") as f:
             json.dump(info, f, indent=1)
+        os.replace(tmp, os.path.join(path, marker))
     return path
 
 
