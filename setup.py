@@ -29,7 +29,8 @@ RUNTIME = [
 EXTRAS = {
     # Parity tests build transformers' PyTorch models; install torch==2.13.0 first for the CPU build.
     # nbclient / nbformat / ipykernel: tests/test_notebook.py runs notebooks/zscir_demo.ipynb headless.
-    "test": ["pytest>=8", "torch>=2.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
+    # pytest-xdist: the README's test command runs the suite on two workers.
+    "test": ["pytest>=8", "pytest-xdist>=3.5", "torch>=2.5", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29"],
     "cuda": ["jax[cuda12]"],
     "tpu": ["jax[tpu]"],
 }
