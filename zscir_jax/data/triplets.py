@@ -16,6 +16,7 @@ import os
 from typing import Any, Iterable, Sequence
 
 from zscir_jax.data import policy
+from zscir_jax.files import atomic_text
 
 ON_ERROR = policy.POLICIES
 
@@ -100,11 +101,9 @@ def write_jsonl(records: Iterable[TripletRecord], path: str) -> str:
     """All records or none: written to a temporary file renamed over ``path``, so a cut-off write leaves no
     half file for a later run to read."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic_text(path) as f:
         for r in records:
             f.write(r.to_json() + "\n")
-    os.replace(tmp, path)
     return path
 
 

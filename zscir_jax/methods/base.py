@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from zscir_jax import files
 from zscir_jax.models import clip, fusion, towers
 from zscir_jax.weights import loader
 
@@ -104,10 +105,7 @@ def save_params(module: nnx.Module, path: str, marker: str, info: dict) -> str:
     ckpt.save(os.path.join(path, "params"), nnx.state(module, nnx.Param), force=True)
     ckpt.wait_until_finished()
     if jax.process_index() == 0:
-        tmp = os.path.join(path, f"{marker}.tmp")
-        with open(tmp, "w") as f:
-            json.dump(info, f, indent=1)
-        os.replace(tmp, os.path.join(path, marker))
+        files.write_json_atomic(os.path.join(path, marker), info)
     return path
 
 

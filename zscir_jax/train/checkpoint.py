@@ -17,6 +17,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from zscir_jax.errors import UserError
+from zscir_jax.train import provenance
 
 
 class IncompatibleResume(UserError):
@@ -117,8 +118,6 @@ def resume_meta(config, state, process_count: int | None = None, workdir: str | 
     ``workdir``, also the config keys the training depends on (``provenance.TRAINED``, paths relative to it)."""
     from flax import nnx
 
-    from zscir_jax.train import provenance
-
     shapes = {"/".join(map(str, path)): list(v.shape)
               for path, v in nnx.to_flat_state(state) if hasattr(v, "shape") and path[0] == 0}
     meta = {
@@ -137,8 +136,6 @@ def check_compatible(saved: dict, current: dict, directory: str,
     """Raises ``IncompatibleResume`` (one line) listing every difference in ``keys``, in the parameter shapes and,
     where both sides recorded it, in the training config (checkpoints written before that record are not compared
     on it)."""
-    from zscir_jax.train import provenance
-
     problems = []
     for key in keys:
         if saved.get(key) != current.get(key):

@@ -17,6 +17,9 @@ from __future__ import annotations
 import json
 import os
 
+import jax
+
+from zscir_jax import files
 from zscir_jax.errors import UserError
 
 PREPARED = ("prepare", "warmup", "data.max_length", "model.clip_tiny", "model.backbone")
@@ -83,7 +86,8 @@ def describe(diffs: list[str], limit: int = 6) -> str:
 
 
 def check_or_write(path: str, current: dict, what: str) -> None:
-    """Write ``current`` to ``path`` the first time; later, raise ``ChangedSettings`` (one line) when it differs."""
+    """Write ``current`` to ``path`` the first time (process 0); later, raise ``ChangedSettings`` (one line) when it
+    differs."""
     if os.path.isfile(path):
         with open(path) as f:
             saved = json.load(f)
@@ -93,8 +97,6 @@ def check_or_write(path: str, current: dict, what: str) -> None:
                 f"{what} in {os.path.dirname(path)} was made with other settings ({describe(diffs)}): use a new "
                 f"--workdir, or restore those values")
         return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(current, f, indent=1, sort_keys=True)
-    os.replace(tmp, path)
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        files.write_json_atomic(path, current)
