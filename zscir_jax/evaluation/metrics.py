@@ -55,13 +55,18 @@ def target_ranks(scores, target_idx, exclude_idx=None) -> np.ndarray:
     q, g = s.shape
     t = np.asarray(target_idx, dtype=np.int64).reshape(q)
     rows = np.arange(q)
-    ts = s[rows, t][:, None]
-    before = (s > ts) | ((s == ts) & (np.arange(g)[None, :] < t[:, None]))
-    ranks = before.sum(axis=1)
+    ts = s[rows, t]
+    # Two counting passes over the row (booleans only, no [Q, G] temporaries); a row walks its prefix only when
+    # another item ties with the target.
+    ranks = np.count_nonzero(s > ts[:, None], axis=1).astype(np.int64)
+    ties = np.count_nonzero(s == ts[:, None], axis=1)
+    for r in np.flatnonzero(ties > (ts == ts)):  # (ts == ts): the target counts itself unless its score is NaN
+        ranks[r] += np.count_nonzero(s[r, : max(int(t[r]), 0)] == ts[r])
     e = exclusion(exclude_idx, q, g)
     if e is not None:
         has = e >= 0
-        ranks = ranks - (has & before[rows, np.where(has, e, 0)])
+        se = s[rows, np.where(has, e, 0)]
+        ranks = ranks - (has & ((se > ts) | ((se == ts) & (e < t))))
         ranks = np.where(has & (e == t), g, ranks)
     return ranks.astype(np.int64)
 

@@ -166,24 +166,6 @@ def topk_rows(tile: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return idx, np.take_along_axis(tile, idx, axis=1)
 
 
-def _host_target_ranks(tile: np.ndarray, t: np.ndarray, ex: np.ndarray | None) -> np.ndarray:
-    """``metrics.target_ranks(tile, t, ex)`` with two counting passes and no [b, G] temporaries but booleans."""
-    b, g = tile.shape
-    rows = np.arange(b)
-    ts = tile[rows, t]
-    ranks = np.count_nonzero(tile > ts[:, None], axis=1).astype(np.int64)
-    equal = np.count_nonzero(tile == ts[:, None], axis=1)
-    for r in np.flatnonzero(equal > (ts == ts)):  # ties other than the target itself: count those before it
-        ranks[r] += np.count_nonzero(tile[r, : max(int(t[r]), 0)] == ts[r])
-    if ex is not None:
-        has = ex >= 0
-        se = tile[rows, np.where(has, ex, 0)]
-        before = (se > ts) | ((se == ts) & (ex < t))
-        ranks = ranks - (has & before)
-        ranks = np.where(has & (ex == t), g, ranks)
-    return ranks.astype(np.int64)
-
-
 def _subset_order(sub: np.ndarray, vals: np.ndarray, ex: np.ndarray | None) -> np.ndarray:
     """Subset members best first (stable by gallery index); the excluded one, repeats and -1 padding dropped; -1 padded.
 
@@ -208,7 +190,7 @@ def _host_block(tile, k, ex, t, sub):
     """(top-k indices, their scores, target ranks, subset order) of one tile, all on the host."""
     idx = _host_topk(tile, k, ex)
     sc = np.take_along_axis(tile, idx, axis=1)
-    ranks = None if t is None else _host_target_ranks(tile, t, ex)
+    ranks = None if t is None else metrics.target_ranks(tile, t, ex)
     order = None
     if sub is not None:
         order = _subset_order(sub, np.take_along_axis(tile, np.where(sub >= 0, sub, 0), axis=1), ex)
