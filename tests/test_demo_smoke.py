@@ -99,3 +99,35 @@ def test_a_changed_setting_on_a_finished_workdir_is_refused_in_one_line(finished
         err = run.stderr.strip().splitlines()
         assert run.returncode != 0 and len(err) == 1 and expected in err[0], run.stderr[-2000:]
     assert _metric_lines(workdir) == before
+
+
+def test_a_moved_workdir_trains_on_and_evaluates_the_same(finished):
+    """Stage outputs name the workdir's own files relative to themselves, and the records compare paths as
+    ``<workdir>/...``: the finished workdir, moved, passes every check and trains on from its own images (the old
+    place no longer exists while it runs)."""
+    import ml_collections
+
+    from zscir_jax.data import sources
+
+    workdir, _ = finished
+    before = json.load(open(workdir / "results.json"))
+    moved = workdir.parent / (workdir.name + "_moved")
+    os.rename(workdir, moved)
+    try:
+        line = open(moved / "triplets" / "rule_based.jsonl").readline()
+        assert str(workdir) not in line and '"../scenes/' in line, line
+        c = ml_collections.ConfigDict(dict(data=dict(triplets=str(moved / "triplets" / "rule_based.jsonl"),
+                                                     on_error="raise", image_dir="")))
+        records = sources.load_triplets(c)
+        assert records and all(r.reference_image.startswith(str(moved) + os.sep)
+                               and os.path.isfile(r.reference_image) for r in records)
+        run = _main(moved, "--config.mode=eval")
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert _scores(json.load(open(moved / "results.json"))) == _scores(before)
+        lines = _metric_lines(moved)
+        run = _main(moved, "--config.train.steps=10")  # two more steps, read from the moved images
+        assert run.returncode == 0, run.stderr[-3000:]
+        grown = {p for p, n in _metric_lines(moved).items() if n > lines.get(p, 0)}
+        assert any(os.sep + "pvlf" + os.sep in p for p in grown), grown
+    finally:
+        os.rename(moved, workdir)

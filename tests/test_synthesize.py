@@ -5,6 +5,7 @@ import json
 import os
 import re
 import runpy
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -427,3 +428,23 @@ def test_a_transformers_written_llava_checkpoint_serves_every_image_and_text_rec
         assert manifest["records"] + manifest["quarantined"] >= 1, recipe
         if recipe in ("mvftji", "distillcir"):  # one record per item, or its quarantine entry
             assert manifest["records"] + manifest["quarantined"] == manifest["items"] == 4, (recipe, manifest)
+
+
+def test_a_moved_workdir_keeps_its_cache_seeds_and_shards(root, tmp_path, tiny):
+    """Image paths inside the workdir enter cache keys and seeds as ``<workdir>/...`` and are written relative to
+    the shards: after a move, a sampled run asks nothing again and writes the same bytes, which train from the new
+    place."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(root, a / "scenes")
+    config = make_config("mvftji", str(a / "scenes"), kind="mllm", limit=5, batch_size=4)
+    config.sampling.temperature = 1.0  # sampled: every generation depends on its seed
+    m1 = engine.synthesize(config, str(a), backend=tiny_backend(tiny, 4))
+    shard = open(os.path.join(engine.output_dir(str(a), "mvftji"), m1["shards"][0])).read()
+    assert m1["records"] and str(a) not in shard
+    os.rename(a, b)
+    config.data.root = str(b / "scenes")
+    again = Counting(tiny_backend(tiny, 4))
+    m2 = engine.synthesize(config, str(b), backend=again)
+    assert again.calls == 0 and open(os.path.join(engine.output_dir(str(b), "mvftji"), m2["shards"][0])).read() == shard
+    loaded = sources.load_triplets(_data_config(engine.training_flag(str(b), m2).split("=", 1)[1]))
+    assert all(r.reference_image.startswith(str(b / "scenes")) and os.path.isfile(r.reference_image) for r in loaded)

@@ -79,3 +79,35 @@ def test_malformed_jsonl(tmp_path):
     assert any("line 3" in e and "modification_text" in e for e in recs.errors)
     with pytest.raises(ValueError, match="on_error"):
         triplets.read_jsonl(str(p), on_error="ignore")
+
+
+def test_images_inside_the_workdir_are_written_relative_and_read_back_beside_the_file(tmp_path):
+    """Written relative to the file's folder (only images inside ``relative_under``), read back under the file's
+    folder, or under ``config.data.image_dir`` when set; absolute paths elsewhere are kept as they are."""
+    import ml_collections
+
+    from zscir_jax.data import sources
+
+    work, elsewhere = tmp_path / "work", "/data/elsewhere/x.png"
+    recs = [TripletRecord(str(work / "scenes" / "a.png"), "m", target_image=str(work / "scenes" / "b.png")),
+            TripletRecord(elsewhere, "m", target_text="t"), TripletRecord("rel/c.png", "m", target_text="t")]
+    path = triplets.write_jsonl(recs, str(work / "triplets" / "t.jsonl"), relative_under=str(work))
+    stored = triplets.read_jsonl(path)
+    assert [(r.reference_image, r.target_image) for r in stored] == [
+        ("../scenes/a.png", "../scenes/b.png"), (elsewhere, None), ("rel/c.png", None)]
+    shards = triplets.write_array_record(recs, str(work / "ar" / "t"), relative_under=str(work))
+    assert triplets.read_array_record(shards)[0].reference_image == "../scenes/a.png"
+
+    def load(spec, image_dir=""):
+        return sources.load_triplets(ml_collections.ConfigDict(
+            dict(data=dict(triplets=spec, on_error="raise", image_dir=image_dir))))
+
+    moved = tmp_path / "moved"
+    os.rename(work, moved)
+    for spec in (str(moved / "triplets" / "t.jsonl"), "array_record:" + str(moved / "ar" / os.path.basename(shards[0]))):
+        got = load(spec)
+        assert (got[0].reference_image, got[0].target_image) == (str(moved / "scenes" / "a.png"),
+                                                                 str(moved / "scenes" / "b.png"))
+        assert got[1].reference_image == elsewhere
+    got = load(str(moved / "triplets" / "t.jsonl"), image_dir=str(tmp_path / "images"))
+    assert got[2].reference_image == str(tmp_path / "images" / "rel" / "c.png")

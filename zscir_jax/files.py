@@ -26,3 +26,12 @@ def write_json_atomic(path: str, obj, lines: bool = False) -> None:
         else:
             json.dump(obj, f, indent=2, ensure_ascii=False)
             f.write("\n")
+
+
+def portable(value, workdir: str):
+    """``value`` with a path inside ``workdir`` spelled ``<workdir>/relative``: what a record keeps so that it still
+    matches after the workdir is moved (provenance records, synthesis cache keys and seeds). Anything else as is."""
+    root = os.path.abspath(workdir) + os.sep if workdir else ""
+    if root and isinstance(value, str) and value.startswith(root):
+        return f"<workdir>/{value[len(root):]}"
+    return value

@@ -66,7 +66,9 @@ def triplet_sources(config) -> list[tuple[str, str]]:
 
 
 def load_triplets(config):
-    """Every configured source's records, concatenated (a ``triplets.RecordList``: ``.skipped`` is the total)."""
+    """Every configured source's records, concatenated (a ``triplets.RecordList``: ``.skipped`` is the total).
+    Relative image paths in a JSONL / ArrayRecord file are read under ``config.data.image_dir`` when it is set,
+    else under the file's own folder."""
     from zscir_jax.data import triplets
 
     on_error = config.data.get("on_error", "raise")
@@ -86,6 +88,8 @@ def load_triplets(config):
         except ValueError as e:  # a malformed record under on_error=raise: the message names the file and record
             raise UserError(f"config.data.triplets: {e} (config.data.on_error=skip drops such records and counts "
                             "them)") from None
+        if fmt in ("jsonl", "array_record"):  # relative images: under data.image_dir, else beside the file
+            part = triplets.resolve_images(part, os.path.expanduser(image_dir) or os.path.dirname(os.path.abspath(path)))
         records.extend(part)
         records.skipped += part.skipped
     return records

@@ -95,14 +95,47 @@ class _Collector:
             self.out.errors.append(message)
 
 
+# ------------------------------------------------------------------------------------------------ image paths
+# A triplet file names its images either absolutely or relative to a root: ``config.data.image_dir`` when set,
+# else the file's own folder. Our stages write the images of their workdir relative to the file, so a workdir
+# moved or copied as a whole still trains.
+
+IMAGE_FIELDS = ("reference_image", "target_image")
+
+
+def relative_images(record: TripletRecord, base_dir: str, under: str) -> TripletRecord:
+    """``record`` with each absolute image path inside folder ``under`` written relative to ``base_dir``."""
+    under = os.path.abspath(under) + os.sep
+    changes = {}
+    for key in IMAGE_FIELDS:
+        path = getattr(record, key)
+        if path and os.path.isabs(path) and path.startswith(under):
+            changes[key] = os.path.relpath(path, base_dir)
+    return dataclasses.replace(record, **changes) if changes else record
+
+
+def resolve_images(records: "RecordList", root: str) -> "RecordList":
+    """The records with relative image paths joined to ``root`` (absolute ones unchanged)."""
+    def resolve(r: TripletRecord) -> TripletRecord:
+        changes = {k: os.path.normpath(os.path.join(root, getattr(r, k))) for k in IMAGE_FIELDS
+                   if getattr(r, k) and not os.path.isabs(getattr(r, k))}
+        return dataclasses.replace(r, **changes) if changes else r
+
+    return RecordList([resolve(r) for r in records], records.skipped, records.errors)
+
+
 # ---------------------------------------------------------------------------------------------------- JSONL
 
-def write_jsonl(records: Iterable[TripletRecord], path: str) -> str:
+def write_jsonl(records: Iterable[TripletRecord], path: str, *, relative_under: str | None = None) -> str:
     """All records or none: written to a temporary file renamed over ``path``, so a cut-off write leaves no
-    half file for a later run to read."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    half file for a later run to read. ``relative_under``: images inside that folder are written relative to the
+    file's folder (``relative_images``)."""
+    base = os.path.dirname(os.path.abspath(path))
+    os.makedirs(base, exist_ok=True)
     with atomic_text(path) as f:
         for r in records:
+            if relative_under:
+                r = relative_images(r, base, relative_under)
             f.write(r.to_json() + "\n")
     return path
 
@@ -122,13 +155,18 @@ def read_jsonl(path: str, on_error: str = "raise") -> RecordList:
 
 # ---------------------------------------------------------------------------------------------- ArrayRecord
 
-def write_array_record(records: Sequence[TripletRecord], path_prefix: str, num_shards: int = 1) -> list[str]:
-    """Writes ``records`` round-robin into ``num_shards`` files ``{prefix}-0000i-of-0000n.array_record``."""
+def write_array_record(records: Sequence[TripletRecord], path_prefix: str, num_shards: int = 1, *,
+                       relative_under: str | None = None) -> list[str]:
+    """Writes ``records`` round-robin into ``num_shards`` files ``{prefix}-0000i-of-0000n.array_record``
+    (``relative_under`` as for ``write_jsonl``)."""
     from array_record.python.array_record_module import ArrayRecordWriter
 
     if num_shards < 1:
         raise ValueError(f"num_shards must be >= 1, got {num_shards}")
-    os.makedirs(os.path.dirname(os.path.abspath(path_prefix)), exist_ok=True)
+    base = os.path.dirname(os.path.abspath(path_prefix))
+    os.makedirs(base, exist_ok=True)
+    if relative_under:
+        records = [relative_images(r, base, relative_under) for r in records]
     paths = [f"{path_prefix}-{i:05d}-of-{num_shards:05d}.array_record" for i in range(num_shards)]
     # group_size:1 keeps every record individually addressable: Grain reads in random (shuffled) order.
     writers = [ArrayRecordWriter(p, "group_size:1") for p in paths]

@@ -75,7 +75,7 @@ class TargetTextWriter:
         pi, pc = jax.process_index(), jax.process_count()
         with cache_lib.Cache(os.path.join(self.directory, "cache"), pi) as cache:
             ctx = engine.Context(self.config, self._get_backend(), cache, process_index=pi, process_count=pc,
-                                 progress=self.progress)
+                                 progress=self.progress, workdir=self.workdir)
             ctx.templates = {TEMPLATE: self.config.templates[TEMPLATE]}
             requests = [ctx.request(TEMPLATE, Item(key=image, image=image), {"modification": text}, image=True)
                         for image, text in pairs]

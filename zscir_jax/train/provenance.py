@@ -66,11 +66,9 @@ def record(config, sections, workdir: str, extra: dict | None = None) -> dict:
         if node is not None:
             _flatten(node, section, out)
     out.update(extra or {})
-    root = os.path.abspath(workdir) + os.sep
     for key in [k for k in out if any(k == n or k.startswith(n + ".") for n in NOT_RECORDED)]:
         del out[key]
-    return {k: (f"<workdir>/{v[len(root):]}" if isinstance(v, str) and v.startswith(root) else v)
-            for k, v in out.items()}
+    return {k: files.portable(v, workdir) for k, v in out.items()}
 
 
 def changes(saved: dict, current: dict) -> list[str]:
