@@ -82,6 +82,16 @@ def test_process_shards_are_disjoint_and_cover(data):
     assert len(seen[0] | seen[1]) == len(records)  # every reference image is a distinct scene
 
 
+def test_processes_read_the_rows_of_the_single_process_global_batch_in_order(data):
+    """Process i's local batch is rows [i * local, (i + 1) * local) of the global batch one process reads, so the
+    hosts of a job assemble exactly that batch (row order included: per-row randomness follows the row)."""
+    _, _, tok, records, _ = data
+    whole = _take(_loader(records, tok, global_batch_size=8), 3)
+    parts = [_take(_loader(records, tok, global_batch_size=8, process_index=i, process_count=2), 3) for i in range(2)]
+    joined = [{k: np.concatenate([parts[0][s][k], parts[1][s][k]]) for k in whole[s]} for s in range(3)]
+    assert _equal(whole, joined)
+
+
 def test_corrupt_image_raises_or_is_skipped(data, tmp_path):
     _, pairs, tok, records, _ = data
     bad = tmp_path / "broken.png"
@@ -116,8 +126,9 @@ def test_worker_processes(data):
     _, _, tok, records, _ = data
     it = _loader(records, tok, worker_count=2)
     first = _take(it, 2)
-    # worker w's batches are what one "process" w of 2 with local batch 4 would read in-process
-    expected = [next(_loader(records, tok, global_batch_size=8, process_index=w, process_count=2)) for w in range(2)]
+    # worker w batches elements w, w + 2, ... of the stream a single in-process loader reads one by one
+    single = _take(_loader(records, tok, global_batch_size=1), 8)
+    expected = [{k: np.concatenate([single[j][k] for j in range(w, 8, 2)]) for k in single[0]} for w in range(2)]
     assert _equal(first, expected)
     state = it.get_state()
     rest = _take(it, 2)

@@ -49,6 +49,15 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
+def sync(name: str) -> None:
+    """Every process waits here until all have arrived (a no-op for one process): after process 0 writes a file the
+    others are about to read. ``name`` must be the same string on every process."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
 def make_mesh(shape: Sequence[int] | None = None, axes: Sequence[str] = MESH_AXES, devices=None) -> Mesh:
     """A mesh over all devices; ``shape`` may hold one -1 that absorbs the remaining devices.
 

@@ -5,7 +5,7 @@ Shape of both (as in the Grain docs and MaxText):
     MapDataset.source(records | ArrayRecordDataSource)
       .seed(seed).shuffle()            global, reshuffled every epoch
       .repeat(num_epochs)              None: forever
-      [process_index::process_count]   this host's share of the global stream
+      _ProcessRows                     this host's rows of each global batch (contiguous blocks)
       .map(decode + preprocess + tokenize)   -> None for a bad image under on_error="skip"
       .filter(not None)
       .to_iter_dataset(ReadOptions)    threads, order preserved
@@ -230,7 +230,8 @@ def _build(source, transform, stats: PipelineStats, *, global_batch_size: int, s
     if shuffle:
         ds = ds.seed(seed).shuffle()
     ds = ds.repeat(num_epochs)
-    ds = ds[process_index::process_count]
+    if process_count > 1:
+        ds = _ProcessRows(ds, process_index, process_count, local_batch)
     ds = ds.map(transform).filter(_not_none)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size))
     it = it.batch(local_batch, drop_remainder=drop_remainder)
@@ -240,6 +241,34 @@ def _build(source, transform, stats: PipelineStats, *, global_batch_size: int, s
     it = iter(it)
     it.stats = stats
     return it
+
+
+class _ProcessRows(grain.MapDataset):
+    """Process ``index``'s share of the global stream: rows ``[index * local, (index + 1) * local)`` of every
+    global batch of ``count * local`` rows. The global batch a step sees, row order included, is then the one a
+    single process reads, so a job gives the same numbers on any number of hosts (dropout masks and other
+    per-row randomness follow the row's global position)."""
+
+    def __init__(self, parent: grain.MapDataset, index: int, count: int, local: int):
+        super().__init__(parent)
+        self._index, self._local, self._global = index, local, count * local
+        full, tail = divmod(len(parent), self._global)
+        self._length = full * local + max(0, min(local, tail - index * local))
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _parent_index(self, j: int) -> int:
+        batch, row = divmod(j, self._local)
+        return batch * self._global + self._index * self._local + row
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return self.slice(j)
+        return self._parent[self._parent_index(j)]
+
+    def __str__(self) -> str:
+        return f"ProcessRows[{self._index}, {self._local} of {self._global}]"
 
 
 def _as_source(records_or_source):

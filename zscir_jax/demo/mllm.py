@@ -483,9 +483,9 @@ def train(s, scenes_root: str, clip_export: str | None, out_dir: str, mesh=None,
             build_tokenizer(corpus, tok_dir + ".tmp")
             shutil.rmtree(tok_dir, ignore_errors=True)
             os.replace(tok_dir + ".tmp", tok_dir)
-        from zscir_jax.weights import cache
+        from zscir_jax import sharding
 
-        cache._sync(f"demo-mllm-tokenizer:{tok_dir}")
+        sharding.sync(f"demo-mllm-tokenizer:{tok_dir}")
     if clip_export:
         vision = base.towers_config_from_path(clip_export).vision
     else:
@@ -986,9 +986,9 @@ def build_or_reuse(config, workdir: str, *, mesh=None, progress: bool = True) ->
                     os.remove(p)
             os.makedirs(out_dir, exist_ok=True)
             _write_json(settings_path, want)
-    from zscir_jax.weights import cache
+    from zscir_jax import sharding
 
-    cache._sync(f"demo-mllm-settings:{out_dir}")
+    sharding.sync(f"demo-mllm-settings:{out_dir}")
 
     t0 = time.perf_counter()
     root, clip_export = prepare(config, workdir, s, params, world)

@@ -26,6 +26,7 @@ import os
 import jax
 from absl import logging
 
+from zscir_jax import sharding
 from zscir_jax.errors import UserError
 from zscir_jax.train import provenance, writers
 
@@ -35,7 +36,6 @@ WORLDS = ("scenes", "garments")
 def run(config, workdir: str, *, reuse_prepared: bool = False) -> None:
     """``reuse_prepared``: a workdir already prepared is used as it is, whatever its recorded settings (the demo
     MLLM's own preparation: it builds on the benchmark and towers of the run that asked for it)."""
-    from zscir_jax import sharding
     from zscir_jax.data import tokenizer
     from zscir_jax.methods import base
     from zscir_jax.train import trainer
@@ -59,9 +59,10 @@ def run(config, workdir: str, *, reuse_prepared: bool = False) -> None:
         config.data.triplets = os.path.join(workdir, "triplets", "rule_based.jsonl")
 
     tok_dir = os.path.join(workdir, "tokenizer")
-    if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+    if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")) and jax.process_index() == 0:
         tokenizer.build_word_tokenizer(texts + [t for r in records for t in _texts(r)], tok_dir,
                                        max_length=config.data.max_length)
+    sharding.sync("zscir_prepare:tokenizer")
     tok = tokenizer.Tokenizer.from_dir(tok_dir, config.data.max_length)
 
     config.data.tokenizer = tok_dir
@@ -88,7 +89,8 @@ def run(config, workdir: str, *, reuse_prepared: bool = False) -> None:
             w.data.source = "pairs"
             w.evals = {}
             model = trainer.train(w, os.path.join(workdir, "clip_pretrain"), sharding.make_mesh(tuple(config.mesh.shape)))
-            base.export_towers(model, export)
+            base.export_towers(model, export)  # every process (a collective save); process 0 writes the marker
+        sharding.sync("zscir_prepare:export")
         config.model.clip_path = export
 
     for synth in (p.get("synthesis"), (config.get("joint") or {}).get("synthesis")):
@@ -110,14 +112,15 @@ def _scenes(p, seed: int, workdir: str):
     from zscir_jax.synthesis import rule_based
 
     root = os.path.join(workdir, "scenes")
-    scenes.build(root, num_train=p.num_train, num_val_queries=p.num_val_queries, num_test_queries=p.num_test_queries,
-                 image_size=p.render_size, seed=seed)
     triplet_path = os.path.join(workdir, "triplets", "rule_based.jsonl")
-    if not os.path.isfile(triplet_path):
-        records = rule_based.generate(root, seed=seed, max_per_image=p.triplets_per_image)
-        logging.info("rule-based synthesis: %s", getattr(records, "stats", len(records)))
-        if jax.process_index() == 0:
-            triplets.write_jsonl(records, triplet_path)
+    if jax.process_index() == 0:  # the others wait, then read what it wrote
+        scenes.build(root, num_train=p.num_train, num_val_queries=p.num_val_queries,
+                     num_test_queries=p.num_test_queries, image_size=p.render_size, seed=seed)
+        if not os.path.isfile(triplet_path):
+            records = rule_based.generate(root, seed=seed, max_per_image=p.triplets_per_image)
+            logging.info("rule-based synthesis: %s", getattr(records, "stats", len(records)))
+            triplets.write_jsonl(records, triplet_path, relative_under=workdir)
+    sharding.sync("zscir_prepare:scenes")
     layouts = {"cirr": root, "fashioniq": scenes.fashioniq_root(root), "circo": scenes.circo_root(root)}
     return root, layouts, triplets.read_jsonl(triplet_path), [c for _, c in scenes.train_pairs(root)]
 
@@ -129,8 +132,10 @@ def _garments(p, seed: int, workdir: str):
     from zscir_jax.data import garments
 
     root = os.path.join(workdir, "garments")
-    garments.build(root, num_train=p.num_train, num_val_queries=p.num_val_queries,
-                   num_test_queries=p.num_test_queries, image_size=p.render_size, seed=seed)
+    if jax.process_index() == 0:
+        garments.build(root, num_train=p.num_train, num_val_queries=p.num_val_queries,
+                       num_test_queries=p.num_test_queries, image_size=p.render_size, seed=seed)
+    sharding.sync("zscir_prepare:garments")
     texts = [c for _, c in garments.train_pairs(root)] + list(garments.phrase_texts())
     return root, {"fashioniq": root}, [], texts
 

@@ -30,14 +30,18 @@ class MethodEncoder:
             return method.encode_query(nnx.merge(graphdef, state), pixels, ids, mask)
 
         self.state = state
-        self._images = jax.jit(images_fn)
-        self._queries = jax.jit(queries_fn)
+        # Every process encodes the same rows; with several, the output is gathered to all of them so each can read
+        # it (one process reads its shards directly).
+        jit = (jax.jit if jax.process_count() == 1 else
+               lambda fn: jax.jit(fn, out_shardings=sharding.replicated(mesh)))
+        self._images = jit(images_fn)
+        self._queries = jit(queries_fn)
         self._texts = None
         if method.encode_text is not None:
             def texts_fn(state, ids, mask):
                 return method.encode_text(nnx.merge(graphdef, state), ids, mask)
 
-            self._texts = jax.jit(texts_fn)
+            self._texts = jit(texts_fn)
 
     def _pad(self, x: np.ndarray, n: int):
         pad = np.zeros((self.batch - n,) + x.shape[1:], x.dtype)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
+import jax
 import numpy as np
 
 from zscir_jax.data.benchmarks import Benchmark
@@ -158,7 +159,7 @@ def evaluate(
         }
     )
     tag = f"{benchmark.name}_{benchmark.split}"
-    if eval_dir is not None:
+    if eval_dir is not None and jax.process_index() == 0:  # every process has the whole result; one writes it
         if not benchmark.has_ground_truth:
             out["submission_files"] = _write_submissions(benchmark, family, result, eval_dir)
         _write_json(os.path.join(eval_dir, f"{tag}.json"), benchmark, out)

@@ -7,6 +7,7 @@ import json
 import os
 from collections.abc import Callable, Sequence
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -73,7 +74,7 @@ def cached_gallery_embeddings(
             if emb.shape[0] == len(names):
                 return emb, True
     emb = compute()
-    if path is not None:
+    if path is not None and jax.process_index() == 0:  # every process computed it (collectively); one saves it
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = path + ".tmp.npy"  # write then rename: a killed run never leaves a truncated cache
         np.save(tmp, emb)

@@ -36,9 +36,11 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from zscir_jax import sharding
 from zscir_jax.data import sources, triplets
 from zscir_jax.data.triplets import TripletRecord
 from zscir_jax.errors import UserError
+from zscir_jax import files
 from zscir_jax.files import write_json_atomic
 from zscir_jax.synthesis import backends, cache as cache_lib, prompts, recipes
 from zscir_jax.synthesis.backends import Generation, Request, Sampling
@@ -204,7 +206,7 @@ def _benchmark_train_pairs(d, workdir: str) -> list[tuple[str, str]]:
         if jax.process_index() == 0:
             module.build(root, **dict(d.get(d.kind) or {}))
         if jax.process_count() > 1:
-            _barrier(f"zscir_synthesis:{d.kind}")
+            sharding.sync(f"zscir_synthesis:{d.kind}")
     return module.train_pairs(root)
 
 
@@ -238,11 +240,12 @@ class Context:
     """What a recipe sees of the run (see ``recipes``)."""
 
     def __init__(self, config, backend, cache: cache_lib.Cache, *, process_index: int = 0, process_count: int = 1,
-                 progress: bool = True):
+                 progress: bool = True, workdir: str = ""):
         self.recipe = config.recipe
         self.templates = {k: v for k, v in dict(config.templates).items()}
         self.options = _plain(config.get(config.recipe) or {})
         self.seed = int(config.sampling.seed)
+        self.workdir = workdir  # image paths inside it enter keys and seeds as <workdir>/...: a moved workdir matches
         self.sampling = Sampling(float(config.sampling.temperature), float(config.sampling.top_p),
                                  int(config.sampling.max_new_tokens))
         self.batch_size = int(config.batch_size)
@@ -263,15 +266,18 @@ class Context:
 
     def key(self, r: Request) -> str:
         return cache_lib.key({"model": self._fingerprint, "template": r.template, "prompt": r.prompt,
-                              "inputs": {"fields": r.fields, "image": r.image}, "sampling": self.sampling.to_dict(),
+                              "inputs": {"fields": r.fields, "image": self.portable(r.image)}, "sampling": self.sampling.to_dict(),
                               "seed": self.seed})
+
+    def portable(self, value):
+        return files.portable(value, self.workdir)
 
     def seed_of(self, r: Request) -> int:
         """The request's own seed: from (run seed, prompt, inputs), never from its batch."""
-        return int(cache_lib.key({"seed": self.seed, "prompt": r.prompt, "fields": r.fields, "image": r.image})[:8], 16)
+        return int(cache_lib.key({"seed": self.seed, "prompt": r.prompt, "fields": r.fields, "image": self.portable(r.image)})[:8], 16)
 
     def rng(self, *parts) -> np.random.Generator:
-        return np.random.default_rng(int(cache_lib.key({"seed": self.seed, "parts": list(parts)})[:16], 16))
+        return np.random.default_rng(int(cache_lib.key({"seed": self.seed, "parts": [self.portable(p) for p in parts]})[:16], 16))
 
     # -- generation -------------------------------------------------------------------------------------------------
     def generate(self, requests: Sequence[Request], stage: str) -> list[Generation]:
@@ -288,7 +294,7 @@ class Context:
         if todo:
             self._generate(todo, first, stage, missing)
         if self.process_count > 1:
-            _barrier(f"zscir_synthesis:{self.recipe}:{stage}")
+            sharding.sync(f"zscir_synthesis:{self.recipe}:{stage}")
             self.cache.reload()
         out = []
         for k in keys:
@@ -368,12 +374,6 @@ def _plain(d) -> dict:
     return dict(d)
 
 
-def _barrier(name: str) -> None:
-    from jax.experimental import multihost_utils
-
-    multihost_utils.sync_global_devices(name)
-
-
 def progress_bar(total: int, desc: str, enabled: bool = True):
     """A generations bar with items/s (and tok/s as its postfix); on a terminal it redraws often, in a log file
     (no TTY) once a minute, like ``train.writers.progress``."""
@@ -402,20 +402,21 @@ def _fsync_replace(tmp: str, final: str) -> None:
 
 
 def write_outputs(out_dir: str, records: Sequence[TripletRecord], quarantined: Sequence[dict], manifest: dict,
-                  fmt: str, num_shards: int) -> list[str]:
+                  fmt: str, num_shards: int, relative_under: str | None = None) -> list[str]:
     """Shards, quarantine, then the manifest, each written to a temporary file and renamed; stale shards of another
-    shard count or format are removed after the manifest names the new ones."""
+    shard count or format are removed after the manifest names the new ones. Images inside ``relative_under`` (the
+    workdir) are written relative to ``out_dir``, so a moved workdir still trains."""
     for stale in glob.glob(os.path.join(out_dir, "*.tmp")) + glob.glob(os.path.join(out_dir, ".tmp-*")):
         os.remove(stale)
     names = shard_names(fmt, num_shards)
     if fmt == "jsonl":
         for i, name in enumerate(names):
             tmp = os.path.join(out_dir, name + ".tmp")
-            triplets.write_jsonl(records[i::num_shards], tmp)
+            triplets.write_jsonl(records[i::num_shards], tmp, relative_under=relative_under)
             _fsync_replace(tmp, os.path.join(out_dir, name))
     else:
         tmp_paths = triplets.write_array_record(list(records), os.path.join(out_dir, f".tmp-{SHARD_PREFIX}"),
-                                                num_shards)
+                                                num_shards, relative_under=relative_under)
         for tmp, name in zip(tmp_paths, names):
             _fsync_replace(tmp, os.path.join(out_dir, name))
     write_json_atomic(os.path.join(out_dir, "quarantine.jsonl"), quarantined, lines=True)
@@ -464,7 +465,8 @@ def synthesize(config, workdir: str, *, backend=None, progress: bool | None = No
         backend.load()  # by every process at once (a checkpoint restore may be collective), not lazily
 
     with cache_lib.Cache(os.path.join(out_dir, "cache"), pi) as cache:
-        ctx = Context(config, backend, cache, process_index=pi, process_count=pc, progress=progress)
+        ctx = Context(config, backend, cache, process_index=pi, process_count=pc, progress=progress,
+                      workdir=workdir)
         records = list(recipes.RECIPES[recipe](ctx, items))
         valid = []
         for r in records:
@@ -497,12 +499,13 @@ def synthesize(config, workdir: str, *, backend=None, progress: bool | None = No
         "counts": dict(sorted(ctx.counts.items())),
     }
     if pi == 0:
-        paths = write_outputs(out_dir, valid, q, manifest, config.output.format, config.output.num_shards)
+        paths = write_outputs(out_dir, valid, q, manifest, config.output.format, config.output.num_shards,
+                              relative_under=workdir)
         manifest["shards"] = [os.path.basename(p) for p in paths]
     else:
         manifest["shards"] = shard_names(config.output.format, config.output.num_shards)
     if pc > 1:
-        _barrier(f"zscir_synthesis:{recipe}:written")
+        sharding.sync(f"zscir_synthesis:{recipe}:written")
     manifest["run"] = dict(ctx.stats)  # this process, this run (not written: the manifest stays deterministic)
     return manifest
 

@@ -29,6 +29,7 @@ import time
 import jax
 from flax import nnx
 
+from zscir_jax import sharding
 from zscir_jax.weights import loader
 
 ENTRY_FILE = "entry.json"
@@ -105,13 +106,6 @@ def save_params(model: nnx.Module, params_dir: str) -> None:
     ckpt.wait_until_finished()
 
 
-def _sync(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
 def temp_dir_for(final: str) -> str:
     """A sibling of ``final`` to write into before renaming (one name for every process of a multi-host job)."""
     parent, base = os.path.split(os.path.abspath(final))
@@ -130,7 +124,7 @@ def publish(tmp: str, final: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-    _sync(f"publish:{final}")
+    sharding.sync(f"publish:{final}")
 
 
 def cached_load(path: str, cache_dir: str | None, build: Callable[[], nnx.Module],
@@ -168,14 +162,14 @@ def cached_load(path: str, cache_dir: str | None, build: Callable[[], nnx.Module
     if jax.process_index() == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-    _sync(f"cache-start:{key}")
+    sharding.sync(f"cache-start:{key}")
     try:
         save_params(model, os.path.join(tmp, PARAMS_DIR))
         if jax.process_index() == 0:
             with open(os.path.join(tmp, ENTRY_FILE), "w") as f:
                 json.dump({"source": os.path.abspath(path), "files": [os.path.basename(f) for f in checkpoint_files(path)],
                            "tag": tag, "created": time.strftime("%Y-%m-%d %H:%M:%S")}, f, indent=1)
-        _sync(f"cache-written:{key}")
+        sharding.sync(f"cache-written:{key}")
         if jax.process_index() == 0:
             if os.path.isfile(os.path.join(entry, ENTRY_FILE)):  # another job finished the same entry meanwhile
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -186,7 +180,7 @@ def cached_load(path: str, cache_dir: str | None, build: Callable[[], nnx.Module
                     os.replace(tmp, entry)
                 except OSError:  # lost a race to a concurrent writer: theirs is as good as ours
                     shutil.rmtree(tmp, ignore_errors=True)
-        _sync(f"cache-published:{key}")
+        sharding.sync(f"cache-published:{key}")
     except BaseException:
         if jax.process_index() == 0:
             shutil.rmtree(tmp, ignore_errors=True)

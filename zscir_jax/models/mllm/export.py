@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from zscir_jax import sharding
 from zscir_jax.models import clip, llm
 from zscir_jax.models.mllm.modeling import MLLM, MLLMConfig, from_pretrained
 from zscir_jax.weights import cache, loader
@@ -121,7 +122,7 @@ def export(model: MLLM, path: str, *, tokenizer_dir: str | None = None, preproce
     if main:
         shutil.rmtree(tmp, ignore_errors=True)
         os.makedirs(tmp)
-    cache._sync(f"export-start:{path}")
+    sharding.sync(f"export-start:{path}")
     try:
         cache.save_params(model, os.path.join(tmp, PARAMS_DIR))
         if main:
@@ -133,7 +134,7 @@ def export(model: MLLM, path: str, *, tokenizer_dir: str | None = None, preproce
             # The marker last: a directory with it is complete.
             with open(os.path.join(tmp, EXPORT_MARKER), "w") as f:
                 json.dump(config_to_dict(model.config), f, indent=1)
-        cache._sync(f"export-written:{path}")
+        sharding.sync(f"export-written:{path}")
         cache.publish(tmp, path)
     except BaseException:
         if main:
