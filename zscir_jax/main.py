@@ -160,10 +160,16 @@ def main(argv: list[str]) -> None:
         _fail(str(e))
     quiet_libraries()
     initialize_distributed()
+    import jax
+
     from zscir_jax.errors import UserError
-    from zscir_jax.train import trainer  # imported late: flag errors stay fast and free of jax start-up
+    from zscir_jax.train import workdir_lock
 
     try:
+        if jax.process_index() == 0:  # a busy workdir is refused before the slow imports below
+            workdir_lock.refuse_if_held(os.path.abspath(_WORKDIR.value))
+        from zscir_jax.train import trainer  # imported late: flag errors stay fast and free of jax start-up
+
         trainer.train_and_evaluate(config, _WORKDIR.value)
     except UserError as e:
         _fail(_one_line(e))

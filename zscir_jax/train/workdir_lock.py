@@ -54,6 +54,13 @@ class WorkdirLock:
         self.release()
 
 
+def refuse_if_held(workdir: str) -> None:
+    """Raise the same one-line ``UserError`` at once when another job holds ``workdir``: the main job checks this
+    before its slow imports, so a second job ends within seconds (process 0 takes the lock for real later)."""
+    if os.path.isfile(os.path.join(workdir, LOCK_NAME)):
+        WorkdirLock(workdir).acquire().release()
+
+
 def _describe(text: str) -> str:
     try:
         d = json.loads(text)
