@@ -65,7 +65,9 @@ def test_several_triplet_sources_mix(tmp_path):
     c = common.tiny("pvlf")
     c.data.triplets = f"{a},jsonl:{b}"
     records = sources.load_triplets(c)
-    assert [r.reference_image for r in records] == [f"a{i}.png" for i in range(3)] + [f"b{i}.png" for i in range(5)]
+    # Relative image paths are read beside their file.
+    assert [r.reference_image for r in records] == ([str(tmp_path / f"a{i}.png") for i in range(3)]
+                                                    + [str(tmp_path / f"b{i}.png") for i in range(5)])
     c.data.triplets = f"csv:{a}"
     with pytest.raises(UserError, match="file not found: csv"):  # an unknown prefix is part of the path
         sources.load_triplets(c)

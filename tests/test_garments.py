@@ -188,9 +188,11 @@ def test_fashion_recipe_on_garments_with_rule_answers(root, tmp_path):
     out = engine.output_dir(workdir, "fashion")
     records = triplets.read_jsonl(os.path.join(out, manifest["shards"][0]))
     assert len(records) == manifest["records"] > 0
+    assert not os.path.isabs(records[0].reference_image)  # the workdir's images, relative to the shard
+    records = triplets.resolve_images(records, out)
     by_path = {p: garments.parse_caption(cap) for p, cap in garments.train_pairs(os.path.join(workdir, "garments"))}
     backend = garment_rules.GarmentRuleBackend()
-    ctx = engine.Context(c, backend, cache=None, progress=False)
+    ctx = engine.Context(c, backend, cache=None, progress=False, workdir=workdir)
     for r in records:
         assert os.path.isfile(r.reference_image) and os.path.isfile(r.target_image)
         ref, tgt = by_path[r.reference_image], by_path[r.target_image]

@@ -1,0 +1,31 @@
+r"""Why CoLLM stays below Image-only on the demo: what its query embedding is allowed to learn, and for how long.
+
+    python -m zscir_jax.sweep --config configs/collm_demo.py --sweep configs/sweeps/collm_gap.py --workdir W
+    python -m zscir_jax.sweep --config configs/collm_demo.py:smoke --sweep configs/sweeps/collm_gap.py:smoke \
+        --workdir W
+
+The demo's CoLLM (``lora``) embeds the reference image through a random, frozen projector and a random 2-layer LLM
+that only rank-8 LoRA adapters adapt; the gallery side is the warmed-up CLIP's image embedding. The variants change
+one thing each: the projector trained as well (``lora_projector``), the LLM frozen with the projector trained
+(``frozen``, the method's other mode), and four times the steps. ``image_only`` is the reference run's baseline row
+(the same CLIP, the same queries).
+"""
+LORA_AND_PROJECTOR = ("llm", "image_tower", "text_tower")  # frozen labels: everything but lora, projector, projection
+
+
+def get_sweep(arg=None):
+    if arg not in (None, "smoke"):
+        raise ValueError(f"unknown sweep argument {arg!r}; allowed: smoke")
+    variants = {
+        "lora": {},
+        "lora_projector": {"optim.frozen": LORA_AND_PROJECTOR},
+        "frozen": {"model.collm.mode": "frozen", "optim.frozen": ("llm", "image_tower", "text_tower")},
+        "lora_projector_4x_steps": {"optim.frozen": LORA_AND_PROJECTOR, "train.steps": 1600},
+    }
+    sweep = dict(variants=variants, reference="lora", seeds=(0,), eval="cirr",
+                 metrics=("recall@1", "recall@5", "recall_subset@1"),
+                 also_rows={"image_only": ("lora", "image_only")},
+                 common={"eval.compare": ("image_only",), "eval.untrained": False})
+    if arg == "smoke":
+        sweep.update(variants={k: variants[k] for k in ("lora", "lora_projector")})
+    return sweep
