@@ -40,3 +40,24 @@ def test_check_or_write_records_once_then_names_every_changed_key(tmp_path):
     message = str(e.value)
     assert "\n" not in message and "data.image_size: 32 -> 64" in message and "seed: 0 -> 1" in message
     assert "train.steps" not in message
+
+
+def test_triplet_files_rewritten_with_other_records_change_the_fingerprint(tmp_path):
+    """A resume on a triplets file that now holds other records is a changed input; the same bytes elsewhere are not
+    (a moved or copied workdir)."""
+    from zscir_jax.data import triplets
+
+    def config(spec):
+        return ml_collections.ConfigDict(dict(data=dict(triplets=spec, source="triplets", laion_format="")))
+
+    recs = [triplets.TripletRecord(f"r{i}.png", f"make it {i}", target_text="t") for i in range(5)]
+    a = triplets.write_jsonl(recs, str(tmp_path / "a" / "t.jsonl"))
+    before = provenance.input_fingerprints(config(a))
+    assert list(before) == ["data.triplets:contents"]
+    b = triplets.write_jsonl(recs, str(tmp_path / "b" / "t.jsonl"))
+    assert provenance.input_fingerprints(config(b)) == before
+    triplets.write_jsonl(recs[:4] + [triplets.TripletRecord("r4.png", "make it 5", target_text="t")], a)
+    after = provenance.input_fingerprints(config(a))
+    assert provenance.changes(before, after) == [f"data.triplets:contents: \"{before['data.triplets:contents']}\" -> "
+                                                 f"\"{after['data.triplets:contents']}\""]
+    assert provenance.input_fingerprints(config("")) == {}

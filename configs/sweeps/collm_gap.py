@@ -7,7 +7,7 @@ r"""Why CoLLM stays below Image-only on the demo: what its query embedding is al
 The demo's CoLLM (``lora``) embeds the reference image through a random, frozen projector and a random 2-layer LLM
 that only rank-8 LoRA adapters adapt; the gallery side is the warmed-up CLIP's image embedding. The variants change
 one thing each: the projector trained as well (``lora_projector``), the LLM frozen with the projector trained
-(``frozen``, the method's other mode), and four times the steps. ``image_only`` is the reference run's baseline row
+(``frozen``, the method's other mode), four times the steps, the loss temperature, and the modification rule. ``image_only`` is the reference run's baseline row
 (the same CLIP, the same queries).
 """
 LORA_AND_PROJECTOR = ("llm", "image_tower", "text_tower")  # frozen labels: everything but lora, projector, projection
@@ -21,6 +21,9 @@ def get_sweep(arg=None):
         "lora_projector": {"optim.frozen": LORA_AND_PROJECTOR},
         "frozen": {"model.collm.mode": "frozen", "optim.frozen": ("llm", "image_tower", "text_tower")},
         "lora_projector_4x_steps": {"optim.frozen": LORA_AND_PROJECTOR, "train.steps": 1600},
+        "temperature_0.02": {"loss.temperature": 0.02},  # the demo's is 0.05
+        "temperature_0.1": {"loss.temperature": 0.1},
+        "rule_caption": {"model.collm.rule": "caption"},  # the modification is all of the target's caption
     }
     sweep = dict(variants=variants, reference="lora", seeds=(0,), eval="cirr",
                  metrics=("recall@1", "recall@5", "recall_subset@1"),

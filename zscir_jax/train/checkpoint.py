@@ -127,7 +127,7 @@ def resume_meta(config, state, process_count: int | None = None, workdir: str | 
         "param_shapes": shapes,
     }
     if workdir is not None:
-        meta["config"] = provenance.record(config, provenance.TRAINED, workdir)
+        meta["config"] = provenance.record(config, provenance.TRAINED, workdir, provenance.input_fingerprints(config))
     return meta
 
 

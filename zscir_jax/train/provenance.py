@@ -4,7 +4,8 @@ Two records, each a flat {dotted key: value} of the config keys an output depend
 
 - ``<workdir>/prepare.json``: the demo's preparation stages (benchmark, triplets, tokenizer, tower warm-up: the
   ``prepare`` and ``warmup`` sections, the benchmark seed, the text length and the tiny towers);
-- each checkpoint's metadata: the trained run (method, model, loss, optimizer, data, batch size, seed).
+- each checkpoint's metadata: the trained run (method, model, loss, optimizer, data, batch size, seed) and a digest
+  of the triplet files it reads (``input_fingerprints``).
 
 A rerun compares its config with the record and refuses with one line naming every changed key: the outputs on disk
 were made under the old values, and mixing them is what this prevents. Keys that do not change what is made (logging,
@@ -69,6 +70,28 @@ def record(config, sections, workdir: str, extra: dict | None = None) -> dict:
     for key in [k for k in out if any(k == n or k.startswith(n + ".") for n in NOT_RECORDED)]:
         del out[key]
     return {k: files.portable(v, workdir) for k, v in out.items()}
+
+
+def input_fingerprints(config) -> dict:
+    """{"data.triplets:contents": digest} of the triplet files a run reads: a file rewritten with other records at the
+    same path (a new synthesis, an edited JSONL) changes it. The digest reads each file's size and its first and last
+    MiB, so a multi-GB ArrayRecord costs two reads; empty when the run reads no triplet files."""
+    import hashlib
+
+    from zscir_jax.data import sources
+
+    if config.data.get("source", "") == "random" or not config.data.get("triplets", ""):
+        return {}
+    digest = hashlib.sha256()
+    for _, path in sources.triplet_sources(config):
+        size = os.path.getsize(path)
+        digest.update(f"{size}:".encode())
+        with open(path, "rb") as f:
+            digest.update(f.read(1 << 20))
+            if size > 2 << 20:
+                f.seek(-(1 << 20), os.SEEK_END)
+                digest.update(f.read())
+    return {"data.triplets:contents": digest.hexdigest()[:16]}
 
 
 def changes(saved: dict, current: dict) -> list[str]:
