@@ -24,7 +24,17 @@ def _sweep(workdir, *extra, sweep="pvlf_ablations.py:smoke"):
 def test_smoke_sweep_writes_the_table_and_a_rerun_trains_nothing(tmp_path):
     run = _sweep(tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
-    result = json.load(open(tmp_path / "sweep.json"))
+    table = json.load(open(tmp_path / "sweep.json"))  # {variant: {metric: {mean, std, n}, vs_reference: {...}}}
+    assert list(table) == ["pvlf", "finetune_none", "transagg"]
+    for name, entry in table.items():
+        assert set(entry) == {"recall@1", "recall@5", "recall_subset@1", "vs_reference"}
+        for metric in ("recall@1", "recall@5", "recall_subset@1"):
+            assert set(entry[metric]) == {"mean", "std", "n"} and entry[metric]["n"] == 2
+            ci = entry["vs_reference"][metric]
+            assert set(ci) == {"diff", "ci_low", "ci_high"} and ci["ci_low"] <= ci["diff"] <= ci["ci_high"]
+    assert table["pvlf"]["vs_reference"]["recall@5"] == {"diff": 0.0, "ci_low": 0.0, "ci_high": 0.0}
+    result = json.load(open(tmp_path / "sweep_runs.json"))
+    assert table == sweep_lib.table_json(result)
     assert list(result["rows"]) == ["pvlf", "finetune_none", "transagg"] and result["seeds"] == [0, 1]
     assert result["rows"]["transagg"]["row"] == "transagg"
     for name, entry in result["rows"].items():
@@ -51,7 +61,7 @@ def test_smoke_sweep_writes_the_table_and_a_rerun_trains_nothing(tmp_path):
     again = _sweep(tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("done already") == 6
-    assert json.load(open(tmp_path / "sweep.json")) == result
+    assert json.load(open(tmp_path / "sweep_runs.json")) == result and json.load(open(tmp_path / "sweep.json")) == table
 
 
 def test_mistakes_are_one_line_before_any_stage(tmp_path):

@@ -14,7 +14,8 @@
 
 Layout: ``WORKDIR/prepared`` (the base config's preparation: benchmark, triplets, tokenizer, warmed-up towers, made
 once), ``WORKDIR/runs/<variant>/seed_<s>`` (a normal run directory each: it resumes from its checkpoints, and a run
-whose ``results.json`` exists is not run again), ``WORKDIR/sweep.json`` and ``WORKDIR/sweep.md`` (the table).
+whose ``results.json`` exists is not run again), ``WORKDIR/sweep.json`` (``table_json``), ``WORKDIR/sweep.md`` (the
+table) and ``WORKDIR/sweep_runs.json`` (every seed's value).
 
 The table holds, per variant, the mean +- std over seeds of each metric, and the difference from the reference with
 a 95% paired bootstrap interval over the queries (each query's hits averaged over the seeds, the same resampled
@@ -115,7 +116,8 @@ def run_sweep(base, sweep: dict, workdir: str, *, log=print) -> dict:
             log(f"sweep [{k}/{total}] {name} seed {seed} -> {run_dir}")
             trainer.train_and_evaluate(run_config(base, sweep, name, seed), run_dir)
     result = summarize(workdir, sweep)
-    _write(os.path.join(workdir, "sweep.json"), json.dumps(result, indent=1))
+    _write(os.path.join(workdir, "sweep.json"), json.dumps(table_json(result), indent=1))
+    _write(os.path.join(workdir, "sweep_runs.json"), json.dumps(result, indent=1))
     _write(os.path.join(workdir, "sweep.md"), format_markdown(result))
     log(format_markdown(result))
     return result
@@ -163,6 +165,20 @@ def summarize(workdir: str, sweep: dict) -> dict:
                              "values": values, "diff": diff, "low": low, "high": high}
         rows[variant] = entry
     return {"eval": eval_name, "reference": reference, "seeds": seeds, "metrics": metrics, "rows": rows}
+
+
+def table_json(result: dict) -> dict:
+    """``sweep.json``: {variant: {metric: {"mean", "std", "n"}, "vs_reference": {metric: {"diff", "ci_low",
+    "ci_high"}}}} (the reference's own differences are 0). ``sweep_runs.json`` keeps ``summarize``'s whole record:
+    the per-seed values, the results row, the evaluation and the seeds."""
+    out = {}
+    for name, entry in result["rows"].items():
+        row = {m: {"mean": entry[m]["mean"], "std": entry[m]["std"], "n": len(entry[m]["values"])}
+               for m in result["metrics"]}
+        row["vs_reference"] = {m: {"diff": entry[m]["diff"], "ci_low": entry[m]["low"], "ci_high": entry[m]["high"]}
+                               for m in result["metrics"]}
+        out[name] = row
+    return out
 
 
 def format_markdown(result: dict) -> str:
