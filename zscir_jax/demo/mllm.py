@@ -67,6 +67,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from zscir_jax import sharding
 from zscir_jax.data import garments
 from zscir_jax.data import images as image_io
 from zscir_jax.data import scenes
@@ -429,7 +430,6 @@ def loss_fn(model, batch):
 
 
 def _make_step(graphdef, shardings, mesh, batch_spec):
-    from zscir_jax import sharding
 
     def step(state, batch):
         model, opt = nnx.merge(graphdef, state)
@@ -444,7 +444,6 @@ def _make_step(graphdef, shardings, mesh, batch_spec):
 
 
 def _compile_step(graphdef, shardings, mesh, state_target, spec: dict):
-    from zscir_jax import sharding
 
     fn = _make_step(graphdef, shardings, mesh, {k: shape for k, (shape, _) in spec.items()})
     batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
@@ -460,7 +459,6 @@ def train(s, scenes_root: str, clip_export: str | None, out_dir: str, mesh=None,
     ``out_dir/tokenizer`` is built first when absent. ``mesh``: default ``sharding.make_mesh(s.mesh_shape)``.
     ``world``: what ``scenes_root`` holds and the examples taught on it (default the scenes).
     """
-    from zscir_jax import sharding
     from zscir_jax.methods import base
     from zscir_jax.models import clip as clip_lib
     from zscir_jax.models import mllm
@@ -483,7 +481,6 @@ def train(s, scenes_root: str, clip_export: str | None, out_dir: str, mesh=None,
             build_tokenizer(corpus, tok_dir + ".tmp")
             shutil.rmtree(tok_dir, ignore_errors=True)
             os.replace(tok_dir + ".tmp", tok_dir)
-        from zscir_jax import sharding
 
         sharding.sync(f"demo-mllm-tokenizer:{tok_dir}")
     if clip_export:
@@ -986,7 +983,6 @@ def build_or_reuse(config, workdir: str, *, mesh=None, progress: bool = True) ->
                     os.remove(p)
             os.makedirs(out_dir, exist_ok=True)
             _write_json(settings_path, want)
-    from zscir_jax import sharding
 
     sharding.sync(f"demo-mllm-settings:{out_dir}")
 
