@@ -4,6 +4,10 @@ benchmark's image-caption pairs with on-the-fly triplets, evaluated on its val s
     python -m zscir_jax.main --config configs/collm_demo.py --workdir /tmp/zscir_collm            # LoRA mode
     python -m zscir_jax.main --config configs/collm_demo.py:frozen --workdir /tmp/zscir_collm     # LLM frozen
     python -m zscir_jax.main --config configs/collm_demo.py:smoke --workdir /tmp/zscir_collm_smoke
+    python -m zscir_jax.main --config configs/collm_demo.py:mllm --workdir /tmp/zscir_collm_mllm  # demo MLLM
+
+Arguments (comma-separated): ``smoke`` (seconds), ``frozen`` (the LLM frozen), ``mllm`` (the joint embedder is the
+demo MLLM built in the workdir, ``zscir_jax.demo.mllm``, instead of a random LLM).
 
 The prepare / warm-up stages are configs/demo.py's (same sizes), so a workdir where the demo already ran reuses its
 scenes, tokenizer and CLIP. Needs ``"collm": collm`` in ``zscir_jax.methods.REGISTRY``.
@@ -31,6 +35,7 @@ def base(mode: str = "lora") -> ml_collections.ConfigDict:
         rule="difference",  # "difference": target-caption words the reference caption lacks; "caption": all of it
         prefix_ids=(),  # explicit ids instead of tokenising prefix_text (tests)
         has_bos=True,  # captions start with a BOS token; the prefix goes after it
+        reference_residual=False,  # ours: query = normalize(projection(h) + CLIP(reference)), projection from 0
     ))
     c.loss = ml_collections.ConfigDict(dict(name="info_nce", temperature=0.05))
     c.optim.update(groups=collm_lib.GROUPS, finetune="both", frozen=collm_lib.frozen_labels(mode), clip_norm=1.0)
@@ -54,14 +59,24 @@ def tiny(mode: str = "lora") -> ml_collections.ConfigDict:
     return c
 
 
+FLAGS = ("smoke", "frozen", "mllm")
+
+
 def get_config(arg=None):
-    if arg not in (None, 'smoke', 'frozen'):
-        raise ValueError(f"unknown config argument {arg!r}; allowed: smoke, frozen")
-    smoke = arg == "smoke"
-    mode = "frozen" if arg == "frozen" else "lora"
+    flags = common.flags(arg, FLAGS)
+    smoke = "smoke" in flags
+    mode = "frozen" if "frozen" in flags else "lora"
     c = base(mode)
     d = demo.get_config("smoke" if smoke else None)  # the demo's data preparation and CLIP warm-up
     c.prepare, c.warmup = d.prepare, d.warmup
+    if "mllm" in flags:
+        # The joint embedder is the demo MLLM, built in the workdir and taught DistillCIR's teacher tasks (caption
+        # an image; the target text of an image and a modification): the same build as configs/distillcir_demo.py.
+        import distillcir_demo
+
+        c.prepare.synthesis = distillcir_demo.synthesis(smoke, mllm_data=False)
+        c.prepare.mllm_as_model = True
+        c.data.llm_max_length = 40
     c.model.clip_tiny = d.model.clip_tiny
     c.data.update(image_size=32, max_length=24, pairs_root="")
     c.optim.update(warmup_steps=20)

@@ -89,6 +89,7 @@ def base(method: str = "pvlf") -> ml_collections.ConfigDict:
         worker_count=0,
         on_error="raise",  # "raise" | "skip"
         max_skip_fraction=0.05,  # on_error=skip: a run that skips more of the records it reads stops
+        pair_neighbours=0,  # source "pairs": each shuffled pair followed by its k nearest captions (data.neighbours)
     ))
 
     # Benchmarks, by name (zscir_jax.evaluation.suite): reader, root, split, options (reader keyword arguments),

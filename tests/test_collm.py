@@ -12,7 +12,7 @@ from flax import nnx
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
 import collm_demo  # noqa: E402
 
-from zscir_jax import methods, sharding  # noqa: E402
+from zscir_jax import sharding  # noqa: E402
 from zscir_jax.methods import collm  # noqa: E402
 from zscir_jax.data import fake_data
 from zscir_jax.train import optimizer, step as step_lib, trainer  # noqa: E402
@@ -40,6 +40,17 @@ def test_surface_shapes():
     np.testing.assert_allclose(np.linalg.norm(q, axis=-1), 1.0, rtol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(g, axis=-1), 1.0, rtol=1e-5)
     assert collm.METHOD.batch == "pairs"
+
+
+def test_reference_residual_starts_at_the_image_only_query_and_then_moves():
+    c = collm_demo.tiny("lora")
+    c.model.collm.reference_residual = True
+    model = nnx.jit(lambda: collm.build(c, nnx.Rngs(0)))()
+    b = _batch(c)
+    q = nnx.jit(collm.encode_query)(model, b["pixels"], b["text_ids"], b["text_mask"])
+    np.testing.assert_allclose(q, nnx.jit(collm.encode_image)(model, b["pixels"]), atol=1e-6)  # untrained
+    _, grads = nnx.value_and_grad(lambda m: collm.loss(m, b, c)[0])(model)
+    assert float(jnp.abs(grads["projection"]["kernel"].value).max()) > 0  # the LLM's share is learned
 
 
 def test_pairing_picks_most_similar_other_caption():

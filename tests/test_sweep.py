@@ -86,3 +86,25 @@ def test_sweep_checks(sweep, message):
     with pytest.raises(UserError) as e:
         sweep_lib.check(sweep)
     assert message in str(e.value)
+
+
+@pytest.mark.parametrize("config,sweep", [
+    ("demo.py", "pvlf_ablations.py"), ("demo.py", "pvlf_ablations.py:pvlf_vs_transagg"),
+    ("collm_demo.py", "collm_gap.py"), ("collm_demo.py", "collm_gap.py:closing"),
+    ("collm_demo.py:mllm", "collm_gap.py:mllm"),
+    ("distillcir_demo.py", "distillcir_ablations.py:all"), ("fashion_demo.py", "fashion_ablations.py"),
+])
+def test_every_run_of_the_shipped_sweeps_is_a_valid_config(config, sweep):
+    """Every variant's keys exist in its base config and pass the preflight checks (nothing runs)."""
+    import runpy
+
+    from zscir_jax import methods, sweep as sweep_cli
+    from zscir_jax.train import preflight
+
+    path, _, arg = config.partition(":")
+    base = runpy.run_path(os.path.join(ROOT, "configs", path))["get_config"](arg or None)
+    spec = sweep_cli.load_sweep(os.path.join(ROOT, "configs", "sweeps", sweep))
+    sweep_lib.check(spec)
+    for name in spec["variants"]:
+        c = sweep_lib.run_config(base, spec, name, spec["seeds"][0])
+        preflight.check(c, methods.get(c.method), mode="train")

@@ -215,8 +215,10 @@ def _ensure_absl_flags() -> None:
 
 def _build(source, transform, stats: PipelineStats, *, global_batch_size: int, seed: int, shuffle: bool,
            num_epochs: int | None, process_index: int | None, process_count: int | None, worker_count: int,
-           read_threads: int, prefetch_buffer_size: int, drop_remainder: bool = True) -> grain.DatasetIterator:
-    """The shared pipeline of both loaders; the iterator carries ``stats`` (records the transform skipped)."""
+           read_threads: int, prefetch_buffer_size: int, drop_remainder: bool = True,
+           neighbours: np.ndarray | None = None) -> grain.DatasetIterator:
+    """The shared pipeline of both loaders; the iterator carries ``stats`` (records the transform skipped).
+    ``neighbours`` [N, k]: an epoch is every record once as an anchor, each followed by its k neighbours."""
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if process_count < 1 or not 0 <= process_index < process_count:
@@ -226,9 +228,15 @@ def _build(source, transform, stats: PipelineStats, *, global_batch_size: int, s
     local_batch = global_batch_size // process_count
     if len(source) == 0:
         raise ValueError("the input pipeline got an empty data source")
-    ds = grain.MapDataset.source(source)
-    if shuffle:
-        ds = ds.seed(seed).shuffle()
+    if neighbours is None:
+        ds = grain.MapDataset.source(source)
+        if shuffle:
+            ds = ds.seed(seed).shuffle()
+    else:  # shuffled anchors, each followed by its neighbours (read from the unshuffled source)
+        anchors = grain.MapDataset.range(len(source))
+        if shuffle:
+            anchors = anchors.seed(seed).shuffle()
+        ds = _NeighbourGroups(anchors, source, neighbours)
     ds = ds.repeat(num_epochs)
     if process_count > 1:
         ds = _ProcessRows(ds, process_index, process_count, local_batch)
@@ -241,6 +249,32 @@ def _build(source, transform, stats: PipelineStats, *, global_batch_size: int, s
     it = iter(it)
     it.stats = stats
     return it
+
+
+class _NeighbourGroups(grain.MapDataset):
+    """Element ``g * (k + 1)`` is anchor ``anchors[g]``'s record and the next ``k`` are its neighbours' records
+    (``neighbours[anchor]``), so related records land in the same batch (CoLLM's in-batch triplets)."""
+
+    def __init__(self, anchors: grain.MapDataset, source, neighbours: np.ndarray):
+        super().__init__(anchors)
+        self._source = source
+        self._neighbours = np.asarray(neighbours, np.int64)
+        if self._neighbours.ndim != 2 or len(self._neighbours) != len(source):
+            raise ValueError(f"neighbours must be [{len(source)}, k], got {self._neighbours.shape}")
+        self._group = self._neighbours.shape[1] + 1
+
+    def __len__(self) -> int:
+        return len(self._parent) * self._group
+
+    def __getitem__(self, j):
+        if isinstance(j, slice):
+            return self.slice(j)
+        group, member = divmod(j, self._group)
+        anchor = int(self._parent[group])
+        return self._source[anchor if member == 0 else int(self._neighbours[anchor, member - 1])]
+
+    def __str__(self) -> str:
+        return f"NeighbourGroups[{self._group - 1} per anchor]"
 
 
 class _ProcessRows(grain.MapDataset):
@@ -316,11 +350,14 @@ def pair_loader(pairs: Sequence[tuple[str, str]], *, global_batch_size: int, ima
                 process_count: int | None = None, worker_count: int = 0, on_error: str = "raise",
                 mean=images.CLIP_MEAN, std=images.CLIP_STD, image_root: str | None = None,
                 stats: PipelineStats | None = None, read_threads: int = 4,
-                prefetch_buffer_size: int = 64) -> grain.DatasetIterator:
+                prefetch_buffer_size: int = 64, neighbours: np.ndarray | None = None) -> grain.DatasetIterator:
     """Batches of image-caption pairs ``(path, caption)``: ``pixels`` f32 [b,S,S,3], ``text_ids``/``text_mask``
-    i32 [b,L] (CLIP contrastive warm-up, CoLLM's in-batch triplets). Same options as ``triplet_loader``."""
+    i32 [b,L] (CLIP contrastive warm-up, CoLLM's in-batch triplets). Same options as ``triplet_loader``.
+    ``neighbours`` [N, k] (``data.neighbours.caption_neighbours``): each shuffled pair is followed by its k
+    neighbours, so an epoch is N * (k + 1) records."""
     stats = stats if stats is not None else PipelineStats()
     transform = _PairTransform(image_size, tokenizer, on_error, stats, image_root, mean, std)
     return _build([tuple(p) for p in pairs], transform, stats, global_batch_size=global_batch_size, seed=seed,
                   shuffle=shuffle, num_epochs=num_epochs, process_index=process_index, process_count=process_count,
-                  worker_count=worker_count, read_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size)
+                  worker_count=worker_count, read_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size,
+                  neighbours=neighbours)

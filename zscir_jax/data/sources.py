@@ -153,6 +153,19 @@ def load_pairs(config):
     return scenes.train_pairs(root)
 
 
+def pair_neighbours(config, pairs):
+    """[N, k] indices of each pair's nearest captions when ``config.data.pair_neighbours`` = k > 0 (batches then
+    hold every anchor with its k neighbours: ``data.neighbours``), else None."""
+    k = int(config.data.get("pair_neighbours", 0) or 0)
+    if k <= 0:
+        return None
+    if k >= len(pairs):
+        raise UserError(f"config.data.pair_neighbours={k}: must be below the number of pairs ({len(pairs)})")
+    from zscir_jax.data import neighbours
+
+    return neighbours.caption_neighbours([caption for _, caption in pairs], k)
+
+
 def tokenizers_for(config, method) -> dict:
     """{batch prefix: tokenizer} for a method's ``text_fields`` (one instance per role), wrapped in the method's
     prompt templates where it has them (``Method.templates``)."""
@@ -200,7 +213,8 @@ def make_loader(config, method):
                   process_index=pi, process_count=pc, worker_count=d.worker_count, on_error=d.on_error,
                   mean=mean, std=std)
     if kind == "pairs":
-        return pipeline.pair_loader(load_pairs(config), **common)
+        pairs = load_pairs(config)
+        return pipeline.pair_loader(pairs, neighbours=pair_neighbours(config, pairs), **common)
     records = load_triplets(config)
     it = pipeline.triplet_loader(records, features=record_features(config, records), **common)
     it.stats.add_bad_records(records.skipped, records.errors[-1] if records.errors else "")

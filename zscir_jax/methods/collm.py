@@ -20,6 +20,13 @@ The paper lets an LLM write the modification from the two captions (its MTCIR-st
 ``llm.generate`` on a prompt holding both captions); that is the configurable alternative when a generator model is
 given. It is NOT implemented here: only the rule above is.
 
+Two options of ours, off by default (the paper has neither; see the README's "CoLLM below Image-only"):
+  ``config.model.collm.reference_residual``  the query is ``normalize(projection(h) + clip_image(reference))``:
+      the frozen CLIP's unit reference embedding plus what the LLM adds, with the projection initialised to zero
+      so training starts from the Image-only query;
+  ``config.data.pair_neighbours = k``  batches hold each shuffled pair with its k nearest captions over the whole
+      set (``zscir_jax.data.neighbours``), so the in-batch pairing finds edit-like targets in small batches.
+
 Modes (``config.model.collm.mode``):
   "frozen"  the LLM is frozen; the image projector and the output projection are trained;
   "lora"    LoRA adapters (rank / alpha / targets from ``config.model.collm.lora``) on the LLM; only the adapters and
@@ -67,21 +74,27 @@ def frozen_labels(mode: str) -> tuple[str, ...]:
 
 class CoLLM(nnx.Module):
     def __init__(self, towers: clip.CLIPModel, mm: mllm.MLLM, prefix_ids: tuple[int, ...], has_bos: bool,
-                 rule: str = "difference", *,
+                 rule: str = "difference", reference_residual: bool = False, *,
                  rngs: nnx.Rngs, dtype, param_dtype):
         self.clip = towers
         self.mllm = mm
         d_llm, d_img = mm.config.text.hidden_size, towers.config.projection_dim
+        # With the residual the projection starts at zero, so the untrained query IS the Image-only query.
+        init = nnx.initializers.zeros if reference_residual else nnx.initializers.normal(0.02)
         self.projection = nnx.Linear(d_llm, d_img, use_bias=False, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-                                     kernel_init=nnx.with_partitioning(nnx.initializers.normal(0.02),
-                                                                       ("embed", "proj")))
+                                     kernel_init=nnx.with_partitioning(init, ("embed", "proj")))
         self.prefix_ids = tuple(int(i) for i in prefix_ids)  # static: part of the graph, not a parameter
         self.has_bos = bool(has_bos)
         self.rule = rule
+        self.reference_residual = bool(reference_residual)
 
     def query(self, ref_pixels, text_ids, text_mask):
-        """[B, D_img] L2-normalised joint embedding of (image, text): image tokens first, then the text."""
-        return l2_normalize(self.projection(base.mllm_last_token(self.mllm, text_ids, text_mask, ref_pixels)))
+        """[B, D_img] L2-normalised joint embedding of (image, text): image tokens first, then the text; with
+        ``reference_residual`` the LLM's projected state is added to the frozen CLIP's unit reference embedding."""
+        out = self.projection(base.mllm_last_token(self.mllm, text_ids, text_mask, ref_pixels))
+        if self.reference_residual:
+            out = out + jax.lax.stop_gradient(self.image(ref_pixels)).astype(out.dtype)
+        return l2_normalize(out)
 
     def image(self, pixels):
         return l2_normalize(self.clip.encode_image(pixels))
@@ -130,8 +143,8 @@ def build(config, rngs: nnx.Rngs) -> CoLLM:
                    rngs=rngs)
     else:
         frozen_labels(c.mode)  # validates the name
-    return CoLLM(towers, mm, prefix_ids(config), _adds_bos(config), c.get("rule", "difference"), rngs=rngs,
-                 dtype=dtype, param_dtype=param_dtype)
+    return CoLLM(towers, mm, prefix_ids(config), _adds_bos(config), c.get("rule", "difference"),
+                 bool(c.get("reference_residual", False)), rngs=rngs, dtype=dtype, param_dtype=param_dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ def check(config, method, *, mode: str) -> None:
         fraction = config.data.get("max_skip_fraction", DEFAULT_MAX_SKIP_FRACTION)
         if not (isinstance(fraction, (int, float)) and 0 <= fraction <= 1):
             raise UserError(f"config.data.max_skip_fraction={fraction!r}: must be a fraction in [0, 1]")
+        _positive("config.data.pair_neighbours", config.data.get("pair_neighbours", 0) or 0, strict=False)
         _one_of("config.optim.finetune", config.optim.get("finetune", "both"), FINETUNE)
         _positive("config.optim.accumulate", config.optim.get("accumulate", 1))
     loss = config.get("loss")
