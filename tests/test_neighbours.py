@@ -31,19 +31,41 @@ def test_rows_are_unit_tfidf_and_bad_k_is_refused():
             neighbours.caption_neighbours(CAPTIONS, k)
 
 
-def test_pair_batches_hold_each_anchor_with_its_neighbour(tmp_path):
-    root = scenes.build(str(tmp_path / "scenes"), num_train=24, num_val_queries=2, num_test_queries=2,
-                        image_size=16, seed=0)
+@pytest.fixture(scope="module")
+def pairs_and_tok(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nb")
+    root = scenes.build(str(tmp / "scenes"), num_train=24, num_val_queries=2, num_test_queries=2, image_size=16,
+                        seed=0)
     pairs = scenes.train_pairs(root)
-    tok = tok_lib.Tokenizer.from_dir(tok_lib.build_word_tokenizer([c for _, c in pairs], str(tmp_path / "tok"),
+    tok = tok_lib.Tokenizer.from_dir(tok_lib.build_word_tokenizer([c for _, c in pairs], str(tmp / "tok"),
                                                                   max_length=24), 24)
-    nb = neighbours.caption_neighbours([c for _, c in pairs], 1)
-    it = pipeline.pair_loader(pairs, global_batch_size=6, image_size=8, tokenizer=tok, seed=3, process_index=0,
-                              process_count=1, num_epochs=1, neighbours=nb)
-    rows = [tuple(r) for b in it for r in b["text_ids"]]
-    assert len(rows) == 2 * len(pairs)  # an epoch: every pair once as an anchor, plus its neighbour
+    return pairs, tok
+
+
+def _order(pairs, tok, **kw):
+    """The pair index of every row the loader yields, batch by batch."""
     ids = {tuple(tok([c])[0][0]): i for i, (_, c) in enumerate(pairs)}  # captions are distinct in this build
-    order = [ids[r] for r in rows]
+    args = dict(global_batch_size=8, image_size=8, tokenizer=tok, seed=3, process_index=0, process_count=1,
+                num_epochs=1)
+    args.update(kw)
+    return [[ids[tuple(r)] for r in b["text_ids"]] for b in pipeline.pair_loader(pairs, **args)]
+
+
+def test_pair_batches_hold_each_anchor_with_its_neighbour(pairs_and_tok):
+    pairs, tok = pairs_and_tok
+    nb = neighbours.caption_neighbours([c for _, c in pairs], 1)
+    batches = _order(pairs, tok, neighbours=nb)
+    order = [i for b in batches for i in b]
+    assert len(order) == 2 * len(pairs)  # an epoch: every pair once as an anchor, plus its neighbour
     assert sorted(order[0::2]) == list(range(len(pairs)))  # each pair is an anchor exactly once, shuffled
     assert order[0::2] != list(range(len(pairs)))
     assert all(order[2 * g + 1] == nb[order[2 * g], 0] for g in range(len(pairs)))  # followed by its neighbour
+    # Grain workers split the stream element by element: a group is one element, so it stays in one batch.
+    workers = _order(pairs, tok, neighbours=nb, worker_count=2)
+    assert all(b[r + 1] == nb[b[r], 0] for b in workers for r in range(0, len(b), 2))
+    assert sorted(i for b in workers for i in b[0::2]) == list(range(len(pairs)))
+    # Two processes assemble the one-process batches, row order included.
+    halves = [_order(pairs, tok, neighbours=nb, process_index=p, process_count=2) for p in range(2)]
+    assert [a + b for a, b in zip(*halves)] == batches
+    with pytest.raises(ValueError, match="not a multiple of the neighbour group size 3"):
+        _order(pairs, tok, neighbours=neighbours.caption_neighbours([c for _, c in pairs], 2), global_batch_size=4)

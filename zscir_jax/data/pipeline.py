@@ -218,7 +218,8 @@ def _build(source, transform, stats: PipelineStats, *, global_batch_size: int, s
            read_threads: int, prefetch_buffer_size: int, drop_remainder: bool = True,
            neighbours: np.ndarray | None = None) -> grain.DatasetIterator:
     """The shared pipeline of both loaders; the iterator carries ``stats`` (records the transform skipped).
-    ``neighbours`` [N, k]: an epoch is every record once as an anchor, each followed by its k neighbours."""
+    ``neighbours`` [N, k]: an epoch is every record once as an anchor, each followed by its k neighbours in the
+    same batch."""
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if process_count < 1 or not 0 <= process_index < process_count:
@@ -228,21 +229,30 @@ def _build(source, transform, stats: PipelineStats, *, global_batch_size: int, s
     local_batch = global_batch_size // process_count
     if len(source) == 0:
         raise ValueError("the input pipeline got an empty data source")
+    group = 1
     if neighbours is None:
         ds = grain.MapDataset.source(source)
         if shuffle:
             ds = ds.seed(seed).shuffle()
-    else:  # shuffled anchors, each followed by its neighbours (read from the unshuffled source)
+    else:  # shuffled anchors, each with its neighbours (read from the unshuffled source): one element a group
         anchors = grain.MapDataset.range(len(source))
         if shuffle:
             anchors = anchors.seed(seed).shuffle()
         ds = _NeighbourGroups(anchors, source, neighbours)
+        group = ds.group
+        if local_batch % group:
+            raise ValueError(f"the per-process batch {local_batch} is not a multiple of the neighbour group size "
+                             f"{group} (each record and its {group - 1} neighbour(s))")
+        transform = _EachMember(transform)
     ds = ds.repeat(num_epochs)
     if process_count > 1:
-        ds = _ProcessRows(ds, process_index, process_count, local_batch)
+        ds = _ProcessRows(ds, process_index, process_count, local_batch // group)
     ds = ds.map(transform).filter(_not_none)
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_buffer_size))
-    it = it.batch(local_batch, drop_remainder=drop_remainder)
+    # Groups stay whole through batching and the workers (which split the stream element by element).
+    it = it.batch(local_batch // group, drop_remainder=drop_remainder)
+    if group > 1:
+        it = it.map(_ungroup)
     if worker_count > 0:
         _ensure_absl_flags()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
@@ -252,8 +262,8 @@ def _build(source, transform, stats: PipelineStats, *, global_batch_size: int, s
 
 
 class _NeighbourGroups(grain.MapDataset):
-    """Element ``g * (k + 1)`` is anchor ``anchors[g]``'s record and the next ``k`` are its neighbours' records
-    (``neighbours[anchor]``), so related records land in the same batch (CoLLM's in-batch triplets)."""
+    """Element ``g``: the records of anchor ``anchors[g]`` and of its neighbours ``neighbours[anchor]``, a tuple of
+    ``group = k + 1`` (kept whole until the batch, so related records share it: CoLLM's in-batch triplets)."""
 
     def __init__(self, anchors: grain.MapDataset, source, neighbours: np.ndarray):
         super().__init__(anchors)
@@ -261,20 +271,38 @@ class _NeighbourGroups(grain.MapDataset):
         self._neighbours = np.asarray(neighbours, np.int64)
         if self._neighbours.ndim != 2 or len(self._neighbours) != len(source):
             raise ValueError(f"neighbours must be [{len(source)}, k], got {self._neighbours.shape}")
-        self._group = self._neighbours.shape[1] + 1
+        self.group = self._neighbours.shape[1] + 1
 
     def __len__(self) -> int:
-        return len(self._parent) * self._group
+        return len(self._parent)
 
-    def __getitem__(self, j):
-        if isinstance(j, slice):
-            return self.slice(j)
-        group, member = divmod(j, self._group)
-        anchor = int(self._parent[group])
-        return self._source[anchor if member == 0 else int(self._neighbours[anchor, member - 1])]
+    def __getitem__(self, g):
+        if isinstance(g, slice):
+            return self.slice(g)
+        anchor = int(self._parent[g])
+        return tuple(self._source[i] for i in (anchor, *self._neighbours[anchor].tolist()))
 
     def __str__(self) -> str:
-        return f"NeighbourGroups[{self._group - 1} per anchor]"
+        return f"NeighbourGroups[{self.group - 1} per anchor]"
+
+
+class _EachMember:
+    """A record transform applied to every member of a group, stacked [group, ...]; a group with a skipped member
+    is skipped whole (its anchor would have lost its neighbour)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, members) -> dict | None:
+        outs = [self.transform(m) for m in members]
+        if any(o is None for o in outs):
+            return None
+        return {k: np.stack([o[k] for o in outs]) for k in outs[0]}
+
+
+def _ungroup(batch: dict) -> dict:
+    """[b, group, ...] -> [b * group, ...]: each anchor's row followed by its neighbours' rows."""
+    return {k: v.reshape((-1,) + v.shape[2:]) for k, v in batch.items()}
 
 
 class _ProcessRows(grain.MapDataset):
@@ -354,7 +382,7 @@ def pair_loader(pairs: Sequence[tuple[str, str]], *, global_batch_size: int, ima
     """Batches of image-caption pairs ``(path, caption)``: ``pixels`` f32 [b,S,S,3], ``text_ids``/``text_mask``
     i32 [b,L] (CLIP contrastive warm-up, CoLLM's in-batch triplets). Same options as ``triplet_loader``.
     ``neighbours`` [N, k] (``data.neighbours.caption_neighbours``): each shuffled pair is followed by its k
-    neighbours, so an epoch is N * (k + 1) records."""
+    neighbours in the same batch (the local batch must be a multiple of k + 1), so an epoch is N * (k + 1) rows."""
     stats = stats if stats is not None else PipelineStats()
     transform = _PairTransform(image_size, tokenizer, on_error, stats, image_root, mean, std)
     return _build([tuple(p) for p in pairs], transform, stats, global_batch_size=global_batch_size, seed=seed,
