@@ -44,5 +44,8 @@ def get_sweep(arg=None):
     if arg == "smoke":
         sweep.update(variants={k: variants[k] for k in ("lora", "lora_projector")})
     if arg in ("closing", "mllm"):  # what closes the gap, over three seeds; "mllm" with configs/collm_demo.py:mllm
-        sweep.update(seeds=(0, 1, 2), variants={k: variants[k] for k in CLOSING})
+        # The reference is the candidate, so the image_only row's interval answers "is the gap closed?".
+        sweep.update(seeds=(0, 1, 2), variants={k: variants[k] for k in CLOSING},
+                     reference="residual_projector_neighbours_1",
+                     also_rows={"image_only": ("residual_projector_neighbours_1", "image_only")})
     return sweep

@@ -47,11 +47,11 @@ def run(config, workdir: str, *, reuse_prepared: bool = False) -> None:
         raise UserError(f"config.prepare.world={world!r}: allowed values are {', '.join(WORLDS)}")
     # Outputs made under other settings are never reused: a changed key is refused before any stage runs.
     record = os.path.join(workdir, "prepare.json")
-    if not (reuse_prepared and os.path.isfile(record)):
+    if not (reuse_prepared and os.path.isfile(record)):  # (a reuse is the asking run's own, announced by it)
         provenance.check_or_write(record, provenance.record(config, provenance.PREPARED, workdir,
                                                             {"prepare.seed": seed}),
                                   "the prepared benchmark, triplets, tokenizer and towers")
-    writers.say(f"demo: preparing the {world} benchmark, triplets, tokenizer and CLIP in {workdir}")
+        writers.say(f"demo: preparing the {world} benchmark, triplets, tokenizer and CLIP in {workdir}")
     if world == "garments":
         root, layouts, records, texts = _garments(p, seed, workdir)
     else:
