@@ -67,7 +67,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from zscir_jax import sharding
+from zscir_jax import files, sharding
 from zscir_jax.data import garments
 from zscir_jax.data import images as image_io
 from zscir_jax.data import scenes
@@ -1030,10 +1030,8 @@ def _read_json(path: str):
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with files.atomic_text(path) as f:
         json.dump(obj, f, indent=1, default=list)
-    os.replace(tmp, path)
 
 
 def main(argv=None) -> None:

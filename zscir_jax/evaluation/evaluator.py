@@ -27,6 +27,7 @@ from typing import Protocol
 import jax
 import numpy as np
 
+from zscir_jax import files
 from zscir_jax.data.benchmarks import Benchmark
 from zscir_jax.evaluation import gallery as gallery_lib
 from zscir_jax.evaluation import metrics, pictures, ranking, report, submission
@@ -267,10 +268,8 @@ def _write_submissions(benchmark: Benchmark, family: str, result: ranking.Rankin
 def _write_json(path: str, benchmark: Benchmark, out: Mapping, indent: int | None = 1) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     record = {"benchmark": benchmark.name, "split": benchmark.split, **out}
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with files.atomic_text(path) as f:
         json.dump(record, f, indent=indent, sort_keys=False)
-    os.replace(tmp, path)
 
 
 def _write_ranks(path: str, benchmark: Benchmark, result: ranking.Ranking) -> None:

@@ -29,6 +29,7 @@ import statistics
 
 import numpy as np
 
+from zscir_jax import files
 from zscir_jax.errors import UserError
 
 KEYS = ("variants", "reference", "seeds", "common", "eval", "metrics", "also_rows")
@@ -197,6 +198,5 @@ def format_markdown(result: dict) -> str:
 
 
 def _write(path: str, text: str) -> None:
-    with open(path + ".tmp", "w") as f:
+    with files.atomic_text(path) as f:
         f.write(text + "\n")
-    os.replace(path + ".tmp", path)

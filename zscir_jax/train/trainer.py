@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from absl import logging
 from flax import nnx
 
-from zscir_jax import methods, sharding
+from zscir_jax import files, methods, sharding
 from zscir_jax.data import sources
 from zscir_jax.errors import UserError
 from zscir_jax.evaluation import suite
@@ -403,9 +403,8 @@ def evaluate_all(config, workdir: str, mesh, trained, evals, stage_runs=()) -> d
     if jax.process_index() == 0:
         print(format_results(config, evals, results), flush=True)
         path = os.path.join(workdir, "results.json")
-        with open(path + ".tmp", "w") as f:
+        with files.atomic_text(path) as f:
             json.dump(results, f, indent=1, default=float)
-        os.replace(path + ".tmp", path)
     return results
 
 
