@@ -207,3 +207,11 @@ def test_skips_are_counted_per_kind_logged_and_a_run_that_skips_too_much_stops(d
     assert 0 < last["skipped/fraction"] < 0.5
     with pytest.raises(UserError, match=r"more than config.data.max_skip_fraction=0.01"):
         trainer.train(_skip_config(tok_dir, tok, str(path), max_skip_fraction=0.01), str(tmp_path / "run2"), mesh)
+
+
+def test_image_key_survives_a_moved_root():
+    """A static bank's keys (in the checkpoint) still name the batch's targets after the workdir moves."""
+    assert pipeline.image_key("/old/work/garments/images/a1.png") == pipeline.image_key("/new/w/garments/images/a1.png")
+    assert pipeline.image_key("images/a1.png") == pipeline.image_key("/x/images/a1.png")
+    assert pipeline.image_key("/w/images/a1.png") != pipeline.image_key("/w/images/a2.png")
+    assert 0 <= pipeline.image_key("/w/images/a1.png") < 2 ** 31

@@ -93,10 +93,13 @@ class PipelineStats:
 
 
 def image_key(path: str) -> int:
-    """A non-negative int32 naming an image path as the records spell it: a batch's ``target_key`` against a static
-    bank's keys tells which bank entry is a row's own target (``methods.fashion``). CRC-32: two of 50k paths share a
-    key with probability ~0.5, which costs one negative, never a wrong positive."""
-    return zlib.crc32(path.encode("utf-8")) & 0x7FFFFFFF
+    """A non-negative int32 naming an image by the last two parts of its path (folder/file): a batch's ``target_key``
+    against a static bank's keys tells which bank entry is a row's own target (``methods.fashion``). Not the whole
+    path: the bank's keys live in the checkpoint, and a workdir moved between two runs of a stage re-resolves its
+    records' paths under the new place. CRC-32: two of 50k images share a key with probability ~0.5, which costs
+    one negative, never a wrong positive."""
+    tail = "/".join(os.path.normpath(path).replace(os.sep, "/").split("/")[-2:])
+    return zlib.crc32(tail.encode("utf-8")) & 0x7FFFFFFF
 
 
 def _resolve(path: str, image_root: str | None) -> str:
