@@ -15,6 +15,7 @@ options of ours: batches of caption neighbours (``data.pair_neighbours``) and a 
 queries). ``:closing`` runs five of them (``CLOSING``) over three seeds; ``:mllm`` the same five with the demo MLLM
 as the joint embedder (base config ``configs/collm_demo.py:mllm``).
 """
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # models.lora.ALL_LINEAR
 LORA_AND_PROJECTOR = ("llm", "image_tower", "text_tower")  # frozen labels: everything but lora, projector, projection
 CLOSING = ("lora", "lora_projector", "neighbours_1", "residual", "residual_projector_neighbours_1")
 
@@ -44,8 +45,13 @@ def get_sweep(arg=None):
     if arg == "smoke":
         sweep.update(variants={k: variants[k] for k in ("lora", "lora_projector")})
     if arg in ("closing", "mllm"):  # what closes the gap, over three seeds; "mllm" with configs/collm_demo.py:mllm
+        chosen = {k: variants[k] for k in CLOSING}
+        if arg == "mllm":  # adapters on every linear layer: what the demo MLLM needed as DistillCIR's teacher
+            chosen["all_linear"] = {"model.collm.lora.targets": ALL_LINEAR}
+            chosen["residual_projector_neighbours_1_all_linear"] = dict(
+                variants["residual_projector_neighbours_1"], **chosen["all_linear"])
         # The reference is the candidate, so the image_only row's interval answers "is the gap closed?".
-        sweep.update(seeds=(0, 1, 2), variants={k: variants[k] for k in CLOSING},
+        sweep.update(seeds=(0, 1, 2), variants=chosen,
                      reference="residual_projector_neighbours_1",
                      also_rows={"image_only": ("residual_projector_neighbours_1", "image_only")})
     return sweep
