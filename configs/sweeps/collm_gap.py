@@ -13,9 +13,11 @@ one thing each: the projector trained as well (``lora_projector``), the LLM froz
 options of ours: batches of caption neighbours (``data.pair_neighbours``) and a residual to the reference image
 (``model.collm.reference_residual``). ``image_only`` is the reference run's baseline row (the same CLIP, the same
 queries). ``:closing`` runs five of them (``CLOSING``) over three seeds; ``:mllm`` the same five with the demo MLLM
-as the joint embedder (base config ``configs/collm_demo.py:mllm``).
+as the joint embedder (base config ``configs/collm_demo.py:mllm``), plus LoRA on every linear layer, alone and with
+the residual.
 """
-ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")  # models.lora.ALL_LINEAR
+from zscir_jax.models.lora import ALL_LINEAR  # LoRA on every linear layer of the LLM
+
 LORA_AND_PROJECTOR = ("llm", "image_tower", "text_tower")  # frozen labels: everything but lora, projector, projection
 CLOSING = ("lora", "lora_projector", "neighbours_1", "residual", "residual_projector_neighbours_1")
 
