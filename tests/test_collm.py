@@ -53,6 +53,18 @@ def test_reference_residual_starts_at_the_image_only_query_and_then_moves():
     assert float(jnp.abs(grads["projection"]["kernel"].value).max()) > 0  # the LLM's share is learned
 
 
+def test_neighbour_batches_must_hold_whole_groups():
+    from zscir_jax.errors import UserError
+    from zscir_jax.train import preflight
+
+    c = collm_demo.tiny("lora")
+    c.data.pair_neighbours = 2  # groups of 3 in a batch of 8
+    with pytest.raises(UserError, match=r"pair_neighbours=2: each process's batch \(8\) must be a multiple of 3"):
+        preflight.check(c, collm.METHOD, mode="train")
+    c.data.pair_neighbours = 3
+    preflight.check(c, collm.METHOD, mode="train")
+
+
 def test_pairing_picks_most_similar_other_caption():
     # Bag-of-words caption vectors: 0 and 2 share "red cube", 1 and 3 share "blue sphere"; 4 shares nothing.
     vocab = ["red", "cube", "blue", "sphere", "small", "large", "green", "cone"]

@@ -25,7 +25,8 @@ MISTAKES = [
     ("data.on_error", "ignore", "config.data.on_error='ignore': allowed values are raise, skip"),
     ("data.source", "csv", "config.data.source='csv': allowed values are triplets, pairs, random"),
     ("data.pair_neighbours", -1, "config.data.pair_neighbours=-1: must be >= 0"),
-    ("data.pair_neighbours", 4, "config.data.pair_neighbours=4: each process's batch (64) must be a multiple of 5"),
+    ("data.pair_neighbours", 1, "config.data.pair_neighbours=1: only methods trained on image-caption pairs use it; "
+                                "pvlf trains on triplets"),
     ("mesh.shape", (3, 1, 1), "config.mesh.shape=(3, 1, 1): needs (data, fsdp, model)"),
     ("method", "pvfl", "unknown method 'pvfl'"),
     ("eval.compare", ("image_only", "imageonly"), "config.eval.compare: unknown method 'imageonly'"),

@@ -29,13 +29,16 @@ def _positive(key: str, value, *, strict: bool = True) -> None:
         raise UserError(f"{key}={value!r}: must be {'> 0' if strict else '>= 0'}")
 
 
-def _check_pair_neighbours(config) -> None:
+def _check_pair_neighbours(config, method) -> None:
     import jax
 
     k = config.data.get("pair_neighbours", 0) or 0
     _positive("config.data.pair_neighbours", k, strict=False)
     if not isinstance(k, int):
         raise UserError(f"config.data.pair_neighbours={k!r}: must be a whole number")
+    if k and method.batch != "pairs":
+        raise UserError(f"config.data.pair_neighbours={k}: only methods trained on image-caption pairs use it; "
+                        f"{method.name} trains on {method.batch}")
     local = config.train.batch_size // jax.process_count()
     if k and local % (k + 1):
         raise UserError(f"config.data.pair_neighbours={k}: each process's batch ({local}) must be a multiple of "
@@ -61,7 +64,7 @@ def check(config, method, *, mode: str) -> None:
         fraction = config.data.get("max_skip_fraction", DEFAULT_MAX_SKIP_FRACTION)
         if not (isinstance(fraction, (int, float)) and 0 <= fraction <= 1):
             raise UserError(f"config.data.max_skip_fraction={fraction!r}: must be a fraction in [0, 1]")
-        _check_pair_neighbours(config)
+        _check_pair_neighbours(config, method)
         _one_of("config.optim.finetune", config.optim.get("finetune", "both"), FINETUNE)
         _positive("config.optim.accumulate", config.optim.get("accumulate", 1))
     loss = config.get("loss")
