@@ -430,7 +430,6 @@ def loss_fn(model, batch):
 
 
 def _make_step(graphdef, shardings, mesh, batch_spec):
-
     def step(state, batch):
         model, opt = nnx.merge(graphdef, state)
         (loss, metrics), grads = nnx.value_and_grad(loss_fn, argnums=nnx.DiffState(0, nnx.Param),
@@ -444,7 +443,6 @@ def _make_step(graphdef, shardings, mesh, batch_spec):
 
 
 def _compile_step(graphdef, shardings, mesh, state_target, spec: dict):
-
     fn = _make_step(graphdef, shardings, mesh, {k: shape for k, (shape, _) in spec.items()})
     batch = {k: jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, len(shape)))
              for k, (shape, dtype) in spec.items()}
@@ -481,7 +479,6 @@ def train(s, scenes_root: str, clip_export: str | None, out_dir: str, mesh=None,
             build_tokenizer(corpus, tok_dir + ".tmp")
             shutil.rmtree(tok_dir, ignore_errors=True)
             os.replace(tok_dir + ".tmp", tok_dir)
-
         sharding.sync(f"demo-mllm-tokenizer:{tok_dir}")
     if clip_export:
         vision = base.towers_config_from_path(clip_export).vision
@@ -983,7 +980,6 @@ def build_or_reuse(config, workdir: str, *, mesh=None, progress: bool = True) ->
                     os.remove(p)
             os.makedirs(out_dir, exist_ok=True)
             _write_json(settings_path, want)
-
     sharding.sync(f"demo-mllm-settings:{out_dir}")
 
     t0 = time.perf_counter()
