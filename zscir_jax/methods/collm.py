@@ -88,12 +88,14 @@ class CoLLM(nnx.Module):
         self.rule = rule
         self.reference_residual = bool(reference_residual)
 
-    def query(self, ref_pixels, text_ids, text_mask):
+    def query(self, ref_pixels, text_ids, text_mask, reference=None):
         """[B, D_img] L2-normalised joint embedding of (image, text): image tokens first, then the text; with
-        ``reference_residual`` the LLM's projected state is added to the frozen CLIP's unit reference embedding."""
+        ``reference_residual`` the LLM's projected state is added to the frozen CLIP's unit reference embedding
+        (``reference``, when the caller has it already: the loss encodes the batch's images anyway)."""
         out = self.projection(base.mllm_last_token(self.mllm, text_ids, text_mask, ref_pixels))
         if self.reference_residual:
-            out = out + jax.lax.stop_gradient(self.image(ref_pixels)).astype(out.dtype)
+            reference = self.image(ref_pixels) if reference is None else reference
+            out = out + jax.lax.stop_gradient(reference).astype(out.dtype)
         return l2_normalize(out)
 
     def image(self, pixels):
@@ -220,7 +222,7 @@ def loss(model: CoLLM, batch, config, rngs=None):
     # The modification is made of the query tokenizer's ids of the captions (the CLIP ids when they are the same).
     q_ids, q_mask = batch.get("llm_text_ids", ids), batch.get("llm_text_mask", mask)
     mod_ids, mod_mask = modification(q_ids, q_mask, j, model.prefix_ids, model.has_bos, model.rule)
-    query = model.query(pixels, mod_ids, mod_mask)
+    query = model.query(pixels, mod_ids, mod_mask, reference=images)  # the references are the batch's images
     log_p = jax.nn.log_softmax(losses.cosine_logits(query, images, config.loss.temperature), axis=-1)
     log_pt = jnp.take_along_axis(log_p, j[:, None], axis=1)[:, 0]
     metrics = {"batch_recall@1": jnp.mean((jnp.argmax(log_p, -1) == j).astype(jnp.float32)),
