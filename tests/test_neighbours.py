@@ -32,14 +32,14 @@ def test_rows_are_unit_tfidf_and_bad_k_is_refused():
 
 
 @pytest.fixture(scope="module")
-def pairs_and_tok(tmp_path_factory):
+def pairs_tok_root(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("nb")
     root = scenes.build(str(tmp / "scenes"), num_train=24, num_val_queries=2, num_test_queries=2, image_size=16,
                         seed=0)
     pairs = scenes.train_pairs(root)
     tok = tok_lib.Tokenizer.from_dir(tok_lib.build_word_tokenizer([c for _, c in pairs], str(tmp / "tok"),
                                                                   max_length=24), 24)
-    return pairs, tok
+    return pairs, tok, root
 
 
 def _order(pairs, tok, **kw):
@@ -51,8 +51,8 @@ def _order(pairs, tok, **kw):
     return [[ids[tuple(r)] for r in b["text_ids"]] for b in pipeline.pair_loader(pairs, **args)]
 
 
-def test_pair_batches_hold_each_anchor_with_its_neighbour(pairs_and_tok):
-    pairs, tok = pairs_and_tok
+def test_pair_batches_hold_each_anchor_with_its_neighbour(pairs_tok_root):
+    pairs, tok, _ = pairs_tok_root
     nb = neighbours.caption_neighbours([c for _, c in pairs], 1)
     batches = _order(pairs, tok, neighbours=nb)
     order = [i for b in batches for i in b]
@@ -69,3 +69,24 @@ def test_pair_batches_hold_each_anchor_with_its_neighbour(pairs_and_tok):
     assert [a + b for a, b in zip(*halves)] == batches
     with pytest.raises(ValueError, match="not a multiple of the neighbour group size 3"):
         _order(pairs, tok, neighbours=neighbours.caption_neighbours([c for _, c in pairs], 2), global_batch_size=4)
+
+
+def test_an_epoch_counts_every_neighbour_row(pairs_tok_root):
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
+    import collm_demo
+
+    from zscir_jax import methods
+    from zscir_jax.train import trainer
+
+    pairs, _, root = pairs_tok_root
+    steps = {}
+    for k in (0, 1, 3):
+        c = collm_demo.base()
+        c.data.update(pairs_root=root, pair_neighbours=k)
+        c.train.update(epochs=1, batch_size=8)
+        trainer.resolve_epochs(c, methods.get("collm"))
+        steps[k] = c.train.steps
+    assert len(pairs) == 24 and steps == {0: 3, 1: 6, 3: 12}  # 24 * (k + 1) rows at batch 8

@@ -153,10 +153,15 @@ def load_pairs(config):
     return scenes.train_pairs(root)
 
 
+def neighbour_count(config) -> int:
+    """k of ``config.data.pair_neighbours`` (0: off); each training pair then comes with k neighbours."""
+    return int(config.data.get("pair_neighbours", 0) or 0)
+
+
 def pair_neighbours(config, pairs):
     """[N, k] indices of each pair's nearest captions when ``config.data.pair_neighbours`` = k > 0 (batches then
     hold every anchor with its k neighbours: ``data.neighbours``), else None."""
-    k = int(config.data.get("pair_neighbours", 0) or 0)
+    k = neighbour_count(config)
     if k <= 0:
         return None
     if k >= len(pairs):

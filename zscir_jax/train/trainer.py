@@ -102,7 +102,7 @@ def resolve_epochs(config, method) -> None:
                         "config.train.steps instead")
     n = len(sources.load_pairs(config) if method.batch == "pairs" else sources.load_triplets(config))
     if method.batch == "pairs":  # each pair is read once as an anchor and again as others' neighbour
-        n *= 1 + max(0, int(config.data.get("pair_neighbours", 0) or 0))
+        n *= 1 + sources.neighbour_count(config)
     config.train.steps = max(1, -(-int(epochs * n) // int(config.train.batch_size)))
     writers.say(f"{config.method}: {epochs} epoch(s) of {n} records at batch {config.train.batch_size} = "
                 f"{config.train.steps} steps")
